@@ -1,0 +1,241 @@
+//! Prometheus metrics: one registry per proxy, every name prefixed `b2proxy_`.
+//!
+//! The struct holds typed handles so the hot path increments a counter without a name lookup. The Grafana
+//! dashboard queries only names defined here (a test checks that).
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Class B transaction (download) price in dollars, before the daily free allowance.
+pub const CLASS_B_PRICE: f64 = 0.004 / 10_000.0;
+/// Class C transaction (authorize, list) price in dollars, before the daily free allowance.
+pub const CLASS_C_PRICE: f64 = 0.004 / 1_000.0;
+
+/// Request latency buckets: a cache hit is ~0.1-1 ms, a miss one upstream round trip (50-100 ms) or more.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub bytes_served: IntCounter,
+    pub cache_hits: IntCounterVec,
+    pub cache_hit_bytes: IntCounterVec,
+    pub cache_misses: IntCounter,
+    pub cache_inserted_bytes: IntCounter,
+    pub cache_errors: IntCounterVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_bytes: IntCounter,
+    pub upstream_retries: IntCounterVec,
+    pub upstream_inflight: IntGauge,
+    pub hedges_issued: IntCounter,
+    pub hedges_won: IntCounter,
+    pub hedge_threshold: Gauge,
+    pub singleflight_joins: IntCounter,
+    pub readahead_blocks: IntCounterVec,
+    pub b2_transactions: IntCounterVec,
+    pub b2_cost: Gauge,
+    pub catalog_files: IntGauge,
+    pub catalog_last_refresh: Gauge,
+    pub catalog_refresh_errors: IntCounter,
+    pub fetch_errors: IntCounterVec,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::with_opts(Opts::new(name, help).namespace("b2proxy"))?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help).namespace("b2proxy"), labels)?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str) -> prometheus::Result<Gauge> {
+    let g = Gauge::with_opts(Opts::new(name, help).namespace("b2proxy"))?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn int_gauge(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::with_opts(Opts::new(name, help).namespace("b2proxy"))?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram_vec(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<HistogramVec> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help)
+            .namespace("b2proxy")
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )?;
+    reg.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        Ok(Self {
+            requests: counter_vec(
+                &r,
+                "requests_total",
+                "HTTP requests answered, by route and cache outcome",
+                &["route", "outcome"],
+            )?,
+            request_duration: histogram_vec(
+                &r,
+                "request_duration_seconds",
+                "HTTP request latency to the last byte, by route and cache outcome",
+                &["route", "outcome"],
+            )?,
+            bytes_served: counter(
+                &r,
+                "bytes_served_total",
+                "Response body bytes served from /files",
+            )?,
+            cache_hits: counter_vec(
+                &r,
+                "cache_hits_total",
+                "Blocks found in the cache, by tier",
+                &["tier"],
+            )?,
+            cache_hit_bytes: counter_vec(
+                &r,
+                "cache_hit_bytes_total",
+                "Bytes of blocks found in the cache, by tier",
+                &["tier"],
+            )?,
+            cache_misses: counter(&r, "cache_misses_total", "Blocks not in any cache tier")?,
+            cache_inserted_bytes: counter(
+                &r,
+                "cache_inserted_bytes_total",
+                "Bytes of blocks inserted into the cache",
+            )?,
+            cache_errors: counter_vec(
+                &r,
+                "cache_errors_total",
+                "Cache tier errors (a block read back wrong is dropped and refetched)",
+                &["kind"],
+            )?,
+            upstream_requests: counter_vec(
+                &r,
+                "upstream_requests_total",
+                "Upstream requests by operation and HTTP status (or error kind)",
+                &["op", "status"],
+            )?,
+            upstream_duration: histogram_vec(
+                &r,
+                "upstream_request_duration_seconds",
+                "Upstream request latency to the last byte, by operation",
+                &["op"],
+            )?,
+            upstream_bytes: counter(
+                &r,
+                "upstream_bytes_total",
+                "Body bytes received from upstream",
+            )?,
+            upstream_retries: counter_vec(
+                &r,
+                "upstream_retries_total",
+                "Upstream attempts retried, by reason",
+                &["reason"],
+            )?,
+            upstream_inflight: int_gauge(&r, "upstream_inflight", "Upstream requests in flight")?,
+            hedges_issued: counter(
+                &r,
+                "hedges_issued_total",
+                "Hedged (duplicate) upstream requests sent",
+            )?,
+            hedges_won: counter(
+                &r,
+                "hedges_won_total",
+                "Hedged upstream requests that answered before the original",
+            )?,
+            hedge_threshold: gauge(
+                &r,
+                "hedge_threshold_seconds",
+                "Current latency after which an upstream request is hedged",
+            )?,
+            singleflight_joins: counter(
+                &r,
+                "singleflight_joins_total",
+                "Block reads that joined an upstream fetch already in flight",
+            )?,
+            readahead_blocks: counter_vec(
+                &r,
+                "readahead_blocks_total",
+                "Blocks fetched ahead of the reader: fetched, then used or wasted (evicted or never read)",
+                &["outcome"],
+            )?,
+            b2_transactions: counter_vec(
+                &r,
+                "b2_transactions_total",
+                "Billable B2 transactions, by class (B: downloads, C: authorize/list)",
+                &["class"],
+            )?,
+            b2_cost: gauge(
+                &r,
+                "b2_estimated_cost_dollars",
+                "Estimated transaction cost in dollars since start, before the daily free allowance",
+            )?,
+            catalog_files: int_gauge(&r, "catalog_files", "Files in the catalog")?,
+            catalog_last_refresh: gauge(
+                &r,
+                "catalog_last_refresh_timestamp_seconds",
+                "Unix time of the last successful catalog refresh",
+            )?,
+            catalog_refresh_errors: counter(
+                &r,
+                "catalog_refresh_errors_total",
+                "Catalog refreshes that failed",
+            )?,
+            fetch_errors: counter_vec(
+                &r,
+                "fetch_errors_total",
+                "Reads that failed after retries, by reason",
+                &["reason"],
+            )?,
+            registry: r,
+        })
+    }
+
+    /// Counts one billable B2 transaction and its estimated price.
+    pub fn b2_transaction(&self, class: char) {
+        let (label, price) = if class == 'B' {
+            ("B", CLASS_B_PRICE)
+        } else {
+            ("C", CLASS_C_PRICE)
+        };
+        self.b2_transactions.with_label_values(&[label]).inc();
+        self.b2_cost.add(price);
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}

@@ -1,0 +1,180 @@
+//! Wiring: builds the upstream, cache, catalog and fetcher from a [`Config`], serves the API, and shuts down
+//! in order (stop accepting, let requests finish for a bounded time, close the cache so the disk tier is
+//! consistent for the next start).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{AppState, router};
+use crate::cache::{BlockCache, CacheSettings, FoyerCache};
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::fetch::{FetchSettings, Fetcher};
+use crate::hedge::{HedgeSettings, Hedger};
+use crate::metrics::Metrics;
+use crate::upstream::ObjectSource;
+use crate::upstream::b2::B2Source;
+use crate::upstream::local::LocalSource;
+use crate::upstream::retry::RetryPolicy;
+
+/// How long shutdown waits for open requests before closing the cache anyway.
+const DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+    #[error("cannot register metrics: {0}")]
+    Metrics(String),
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub catalog: Arc<Catalog>,
+    cancel: CancellationToken,
+    server: JoinHandle<()>,
+    catalog_task: JoinHandle<()>,
+    cache: Arc<dyn BlockCache>,
+}
+
+/// The upstream HTTP client: a warm keep-alive pool sized for a parallel proof's fan-out.
+pub fn http_client(connect_timeout: Duration, pool: usize) -> Result<reqwest::Client, StartError> {
+    reqwest::Client::builder()
+        .user_agent(concat!("b2-proxy/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(pool)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_keepalive(Duration::from_secs(30))
+        .no_proxy()
+        .build()
+        .map_err(|e| StartError::Http(e.to_string()))
+}
+
+impl Proxy {
+    pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Metrics(e.to_string()))?);
+        let f = &config.fetch;
+        let source: Arc<dyn ObjectSource> = match (&config.b2, &config.local) {
+            (Some(b2), _) => {
+                let http =
+                    http_client(Duration::from_secs(5).min(f.timeout), f.max_concurrency * 2)?;
+                Arc::new(B2Source::new(
+                    b2.clone(),
+                    http,
+                    f.timeout,
+                    f.retry_deadline,
+                    f.max_concurrency,
+                    metrics.clone(),
+                ))
+            }
+            (None, Some(local)) => Arc::new(LocalSource::new(local.dir.clone())),
+            (None, None) => {
+                return Err(StartError::Http("no upstream configured".into()));
+            }
+        };
+        let cache: Arc<dyn BlockCache> = Arc::new(
+            FoyerCache::open(
+                &CacheSettings {
+                    memory_bytes: config.cache.memory.as_u64() as usize,
+                    disk_bytes: config.cache.disk.as_u64() as usize,
+                    disk_dir: config.cache.disk_dir.clone(),
+                },
+                metrics.clone(),
+            )
+            .await?,
+        );
+        let catalog = Arc::new(Catalog::new(source.clone(), metrics.clone()));
+        let hedger = f.hedge.then(|| {
+            Arc::new(Hedger::new(
+                HedgeSettings {
+                    quantile: f.hedge_quantile,
+                    floor: f.hedge_floor,
+                    ceiling: f.hedge_ceiling,
+                    budget: f.hedge_budget,
+                },
+                RetryPolicy::new(f.retry_deadline),
+                metrics.clone(),
+            ))
+        });
+        let cat = catalog.clone();
+        let fetcher = Arc::new(Fetcher::new(
+            source.clone(),
+            cache.clone(),
+            hedger,
+            FetchSettings {
+                block_size: config.cache.block_size.as_u64(),
+                min_fetch: f.min_fetch.as_u64(),
+                readahead_max: f.readahead_max.as_u64(),
+            },
+            metrics.clone(),
+            Box::new(move || cat.request_refresh()),
+        ));
+
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.server.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.server.listen,
+            source,
+        })?;
+
+        let cancel = CancellationToken::new();
+        let catalog_task =
+            tokio::spawn(catalog.clone().run(config.catalog.refresh, cancel.clone()));
+        let app = router(AppState {
+            catalog: catalog.clone(),
+            fetcher,
+            metrics: metrics.clone(),
+            source: source.clone(),
+            auth_token: config.server.auth_token.as_deref().map(Arc::from),
+        });
+        let shutdown = cancel.clone();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!(%addr, upstream = %source.describe(), "b2-proxy listening");
+        Ok(Self {
+            addr,
+            metrics,
+            catalog,
+            cancel,
+            server,
+            catalog_task,
+            cache,
+        })
+    }
+
+    /// Stops serving, waits (bounded) for open requests, and closes the cache cleanly.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        if tokio::time::timeout(DRAIN, self.server).await.is_err() {
+            tracing::warn!("requests still open after {DRAIN:?}; closing anyway");
+        }
+        let _ = self.catalog_task.await;
+        match self.cache.close().await {
+            Ok(()) => tracing::info!("cache closed cleanly"),
+            Err(e) => tracing::error!(error = %e, "closing the cache failed"),
+        }
+    }
+}
