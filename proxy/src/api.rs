@@ -125,6 +125,10 @@ async fn list_files(State(state): State<AppState>, Query(q): Query<ListQuery>) -
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .cache_memory_bytes
+        .set(state.fetcher.cache_memory_usage() as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -2,10 +2,11 @@
 //!
 //! Data is cached in aligned blocks keyed by (file id, block index): a file id names one immutable version, so a
 //! re-uploaded name can never be answered from the old version's blocks. The memory tier is weighed in bytes
-//! and evicts with w-TinyLFU (frequency-aware: a scan of cold blocks cannot push out the plot headers that every
-//! lookup reads); the disk tier (foyer's block engine on a directory) is written on insertion, so a crash loses at
-//! most the last moments of fetches, and survives restarts. foyer checksums every disk entry; on top of that a
-//! block read back must have exactly the expected length, or it is dropped and fetched again.
+//! and evicts with S3-FIFO (scan-resistant: a block read once leaves through the small queue, so a stream of
+//! cold reads cannot push out the plot headers and tables that every lookup reads again); the disk tier (foyer's
+//! block engine on a directory) is written on insertion, so a crash loses at most the last moments of fetches,
+//! and survives restarts. foyer checksums every disk entry; on top of that a block read back must have exactly
+//! the expected length, or it is dropped and fetched again.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCachePolicy, LfuConfig, RecoverMode, Source,
+    HybridCachePolicy, RecoverMode, S3FifoConfig, Source,
 };
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -67,6 +68,8 @@ pub trait BlockCache: Send + Sync + 'static {
     /// Cheap check (memory, and the disk index) used to decide read-ahead.
     fn contains(&self, key: &BlockKey) -> bool;
     fn insert(&self, key: BlockKey, value: Bytes);
+    /// Bytes the memory tier holds now (weighed as for the budget).
+    fn memory_usage(&self) -> usize;
     /// Flushes what must persist and stops the tiers. Call once on shutdown.
     fn close(&self) -> BoxFuture<'_, Result<(), CacheError>>;
 }
@@ -153,6 +156,12 @@ pub struct CacheSettings {
     pub disk_dir: std::path::PathBuf,
 }
 
+/// Memory-tier shards: one per 64 MiB up to 16. Each shard runs its own eviction over its share of the budget,
+/// and a shard of a few blocks cannot tell hot from cold.
+fn shards(memory_bytes: usize) -> usize {
+    (memory_bytes / (64 << 20)).clamp(1, 16)
+}
+
 pub struct FoyerCache {
     inner: HybridCache<BlockKey, Block>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -177,8 +186,8 @@ impl FoyerCache {
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .with_flush_on_close(true)
             .memory(settings.memory_bytes)
-            .with_shards(8)
-            .with_eviction_config(LfuConfig::default())
+            .with_shards(shards(settings.memory_bytes))
+            .with_eviction_config(S3FifoConfig::default())
             .with_weighter(|k: &BlockKey, v: &Block| v.0.len() + k.file.len() + ENTRY_OVERHEAD)
             .storage();
         let inner = if settings.disk_bytes > 0 {
@@ -253,6 +262,10 @@ impl BlockCache for FoyerCache {
     fn insert(&self, key: BlockKey, value: Bytes) {
         self.metrics.cache_inserted_bytes.inc_by(value.len() as u64);
         self.inner.insert(key, Block(value));
+    }
+
+    fn memory_usage(&self) -> usize {
+        self.inner.memory().usage()
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), CacheError>> {

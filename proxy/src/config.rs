@@ -471,10 +471,10 @@ impl Config {
     /// The configuration as TOML with secrets replaced, for `--check-config`.
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
-        if let Some(b2) = shown.b2.as_mut() {
-            if !b2.application_key.is_empty() {
-                b2.application_key = "<redacted>".into();
-            }
+        if let Some(b2) = shown.b2.as_mut()
+            && !b2.application_key.is_empty()
+        {
+            b2.application_key = "<redacted>".into();
         }
         if shown.server.auth_token.is_some() {
             shown.server.auth_token = Some("<redacted>".into());

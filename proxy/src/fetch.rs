@@ -145,6 +145,10 @@ impl Fetcher {
         }
     }
 
+    pub fn cache_memory_usage(&self) -> usize {
+        self.cache.memory_usage()
+    }
+
     pub fn block_size(&self) -> u64 {
         self.settings.block_size
     }
@@ -415,13 +419,14 @@ impl Fetcher {
         }
         let st = streams.entry(obj.id.clone()).or_default();
         let sequential = st.next != 0 && range.start + bs >= st.next && range.start <= st.next + bs;
-        if sequential {
-            st.seq_bytes = st.seq_bytes.saturating_add(len);
-        } else {
+        st.next = range.end;
+        if !sequential {
+            // A lone large read is not a stream: no read-ahead until the next read continues it.
             st.seq_bytes = len;
             st.window = 0;
+            return None;
         }
-        st.next = range.end;
+        st.seq_bytes = st.seq_bytes.saturating_add(len);
         if st.seq_bytes >= SEQ_TRIGGER {
             st.window = (st.window * 2).clamp(SEQ_TRIGGER, self.settings.readahead_max);
             Some(st.window)

@@ -84,7 +84,7 @@ impl Hedger {
             s.pop_front();
         }
         s.push_back(latency.as_micros().min(u32::MAX as u128) as u32);
-        if s.len() >= MIN_SAMPLES && s.len() % 8 == 0 || s.len() == MIN_SAMPLES {
+        if s.len() >= MIN_SAMPLES && s.len().is_multiple_of(8) || s.len() == MIN_SAMPLES {
             let mut v: Vec<u32> = s.iter().copied().collect();
             drop(s);
             let idx = (((v.len() as f64 - 1.0) * self.settings.quantile).round() as usize)

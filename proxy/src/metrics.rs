@@ -41,6 +41,7 @@ pub struct Metrics {
     pub readahead_blocks: IntCounterVec,
     pub b2_transactions: IntCounterVec,
     pub b2_cost: Gauge,
+    pub cache_memory_bytes: IntGauge,
     pub catalog_files: IntGauge,
     pub catalog_last_refresh: Gauge,
     pub catalog_refresh_errors: IntCounter,
@@ -197,6 +198,11 @@ impl Metrics {
                 &r,
                 "b2_estimated_cost_dollars",
                 "Estimated transaction cost in dollars since start, before the daily free allowance",
+            )?,
+            cache_memory_bytes: int_gauge(
+                &r,
+                "cache_memory_bytes",
+                "Bytes held by the memory tier (data plus per-entry overhead)",
             )?,
             catalog_files: int_gauge(&r, "catalog_files", "Files in the catalog")?,
             catalog_last_refresh: gauge(

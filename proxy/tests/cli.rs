@@ -1,0 +1,106 @@
+//! The `b2-proxy` binary's command line: config validation exits cleanly with the key named, secrets stay hidden.
+
+use std::process::Command;
+
+fn run(config: &str, extra_env: &[(&str, &str)]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_b2-proxy"));
+    cmd.arg("--config").arg(&path).arg("--check-config");
+    cmd.env_remove("B2_APPLICATION_KEY_ID")
+        .env_remove("B2_APPLICATION_KEY");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn valid_config_is_printed_redacted() {
+    let (code, out, err) = run(
+        "[b2]\nkey_id = \"kid\"\napplication_key = \"supersecretvalue\"\nbucket = \"plots\"\n",
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("bucket = \"plots\""), "{out}");
+    assert!(!out.contains("supersecretvalue"), "{out}");
+    assert!(!err.contains("supersecretvalue"), "{err}");
+}
+
+#[test]
+fn secrets_from_environment() {
+    let (code, out, err) = run(
+        "[b2]\nbucket = \"plots\"\n",
+        &[
+            ("B2_APPLICATION_KEY_ID", "envkid"),
+            ("B2_APPLICATION_KEY", "envsecretvalue"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("envkid") && !out.contains("envsecretvalue"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_configs_name_the_key_and_exit_2() {
+    let cases = [
+        (
+            "[b2]\nkey_id = \"k\"\napplication_key = \"s\"\n[cache]\nmemroy = \"1GiB\"\n",
+            "memroy",
+        ),
+        (
+            "[b2]\nkey_id = \"k\"\napplication_key = \"s\"\n[fetch]\ntimeout = 5\n",
+            "timeout",
+        ),
+        ("[b2]\nkey_id = \"k\"\n", "b2.application_key"),
+        (
+            "[b2]\nkey_id = \"k\"\napplication_key = \"s\"\n[server]\nlisten = \"0.0.0.0:8642\"\n",
+            "server.auth_token",
+        ),
+        (
+            "[b2]\nkey_id = \"k\"\napplication_key = \"s\"\n[cache]\nblock_size = \"3KiB\"\n",
+            "cache.block_size",
+        ),
+        ("this is not toml", "config"),
+    ];
+    for (text, key) in cases {
+        let (code, _, err) = run(text, &[]);
+        assert_eq!(code, 2, "{text}: {err}");
+        assert!(
+            err.contains(key),
+            "{text}: message should name {key}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_b2-proxy"))
+        .args(["--config", "/nonexistent/b2-proxy.toml", "--check-config"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/b2-proxy.toml"), "{err}");
+}
+
+#[test]
+fn help_explains_options() {
+    let out = Command::new(env!("CARGO_BIN_EXE_b2-proxy"))
+        .arg("--help")
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["--config", "--check-config", "B2_APPLICATION_KEY"] {
+        assert!(text.contains(word), "--help lacks {word}: {text}");
+    }
+}

@@ -1,0 +1,380 @@
+//! Block cache behaviour, counted with the emulator's request stats: hits make no upstream request, concurrent
+//! misses share one, Chia pairs cost one request, restarts (clean and SIGKILL) keep the disk tier, budgets hold,
+//! replaced files serve their new bytes, sequential streams run near the upstream bandwidth.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use b2fs_tests::emulator::Emulator;
+use bytesize::ByteSize;
+use common::{Rng, start};
+
+const BIG: u64 = 108 << 30;
+const BS: u64 = 64 << 10;
+
+fn builder() -> b2fs_tests::emulator::EmulatorBuilder {
+    Emulator::builder()
+        .virtual_file("k32.plot", BIG)
+        .virtual_file("seq.bin", 512 << 20)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repeated_read_is_a_hit() {
+    let env = start(builder(), |_| {}).await;
+    env.assert_range("k32.plot", 1_000_000, 1_008_191).await;
+    let before = env.downloads();
+    for _ in 0..5 {
+        env.assert_range("k32.plot", 1_000_000, 1_008_191).await;
+        env.assert_range("k32.plot", 1_000_100, 1_000_200).await;
+    }
+    assert_eq!(env.downloads(), before, "cached reads went upstream");
+    assert!(
+        env.metric("b2proxy_cache_hits_total{tier=\"memory\"}")
+            .await
+            >= 10.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_identical_misses_make_one_request() {
+    let env = start(builder().latency(Duration::from_millis(100), 0.0), |c| {
+        c.fetch.hedge = false
+    })
+    .await;
+    let env = &env;
+    futures::future::join_all(
+        (0..32).map(|_| env.assert_range("k32.plot", 5 << 30, (5 << 30) + 8191)),
+    )
+    .await;
+    assert_eq!(env.downloads(), 1);
+    // Partly overlapping reads of one missing region also share fetches.
+    env.emu.reset_stats();
+    let base = 7u64 << 30;
+    futures::future::join_all(
+        (0..16u64).map(|i| env.assert_range("k32.plot", base + i * 4000, base + i * 4000 + 8191)),
+    )
+    .await;
+    assert_eq!(
+        env.downloads(),
+        2,
+        "{} requests for a region of 2 blocks",
+        env.downloads()
+    );
+    assert!(env.metric("b2proxy_singleflight_joins_total").await >= 31.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chia_pairs_cost_one_request_each() {
+    let env = start(builder(), |_| {}).await;
+    let mut rng = Rng(7);
+    for _ in 0..200 {
+        // A k=32 table step: two adjacent 8191-byte reads, the second after the first answered.
+        let off = rng.below(BIG - 20_000);
+        env.assert_range("k32.plot", off, off + 8191).await;
+        env.assert_range("k32.plot", off + 8191, off + 16_382).await;
+    }
+    let n = env.downloads();
+    assert!(n <= 200, "{n} upstream requests for 200 pairs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_spanning_three_missing_blocks_is_one_request() {
+    let env = start(builder(), |_| {}).await;
+    let start_off = 10 * BS + 100;
+    env.assert_range("k32.plot", start_off, start_off + 2 * BS + 10)
+        .await;
+    assert_eq!(env.downloads(), 1);
+    let rec = &env.emu.stats().recent_ranges;
+    assert_eq!(rec.len(), 1);
+    assert_eq!(
+        (rec[0].start, rec[0].end),
+        (10 * BS, 13 * BS - 1),
+        "block-aligned single GET"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clean_restart_keeps_the_disk_tier() {
+    let mut env = start(builder(), |_| {}).await;
+    let mut rng = Rng(11);
+    let ranges: Vec<(u64, u64)> = (0..50)
+        .map(|_| {
+            let a = rng.below(BIG - 20_000);
+            (a, a + 8191)
+        })
+        .collect();
+    for &(a, b) in &ranges {
+        env.assert_range("k32.plot", a, b).await;
+    }
+    env.restart_proxy().await;
+    env.emu.reset_stats();
+    for &(a, b) in &ranges {
+        env.assert_range("k32.plot", a, b).await;
+    }
+    assert_eq!(
+        env.downloads(),
+        0,
+        "reads after a clean restart went upstream"
+    );
+    assert!(env.metric("b2proxy_cache_hits_total{tier=\"disk\"}").await >= 50.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budgets_hold_and_hot_set_keeps_hitting() {
+    let env = start(builder(), |c| {
+        c.cache.memory = ByteSize::mib(8);
+        c.cache.disk = ByteSize::mib(64);
+    })
+    .await;
+    let hot: Vec<u64> = (0..8).map(|i| i * (1 << 30)).collect();
+    for &h in &hot {
+        env.assert_range("k32.plot", h, h + 8191).await;
+    }
+    // 1 GiB of distinct reads (1 MiB each, scattered), with the hot set read between them.
+    for i in 0..1024u64 {
+        let off = (20 << 30) + i * (37 << 20);
+        let (status, body) = env.get_range("k32.plot", off, off + (1 << 20)).await;
+        assert_eq!((status, body.len()), (206, 1 << 20));
+        // Headers are read at every lookup: the hot set comes back every few MiB of cold traffic.
+        if i % 8 == 0 {
+            for &h in &hot {
+                env.assert_range("k32.plot", h, h + 8191).await;
+            }
+        }
+    }
+    env.emu.reset_stats();
+    for &h in &hot {
+        env.assert_range("k32.plot", h, h + 8191).await;
+    }
+    assert_eq!(env.downloads(), 0, "the hot set was evicted by a scan");
+    let mem = env.metric("b2proxy_cache_memory_bytes").await;
+    assert!(
+        mem <= (8 << 20) as f64 * 1.05,
+        "memory tier holds {mem} bytes, budget 8 MiB"
+    );
+    let disk = dir_size(env.cache_dir.path());
+    assert!(
+        disk <= (64 << 20) + (4 << 20),
+        "disk tier holds {disk} bytes, budget 64 MiB"
+    );
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+                // Allocated bytes, not apparent size: preallocated sparse files would overstate usage.
+                Ok(m) => total += std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replaced_file_serves_new_bytes_after_refresh() {
+    let env = start(builder(), |c| c.catalog.refresh = Duration::from_secs(1)).await;
+    env.assert_range("k32.plot", 4096, 4096 + 8191).await;
+    let old = env.emu.expected_bytes("k32.plot", 4096, 8191).unwrap();
+    env.emu.replace_file("k32.plot").unwrap();
+    let new = env.emu.expected_bytes("k32.plot", 4096, 8191).unwrap();
+    assert_ne!(old, new, "emulator did not change the content");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = env.get_range("k32.plot", 4096, 4096 + 8191).await;
+        assert_eq!(status, 206);
+        if body[..] == new[..] {
+            break;
+        }
+        assert!(body[..] == old[..], "neither old nor new bytes served");
+        assert!(
+            Instant::now() < deadline,
+            "new version not served after refresh"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sequential_read_runs_near_upstream_bandwidth() {
+    const RATE: u64 = 32 << 20;
+    let env = start(
+        builder()
+            .bandwidth(RATE)
+            .latency(Duration::from_millis(20), 0.0),
+        |c| {
+            c.cache.disk = ByteSize::b(0);
+            c.cache.memory = ByteSize::mib(64);
+        },
+    )
+    .await;
+    let t = Instant::now();
+    let r = env.http.get(env.url("seq.bin")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut r = r;
+    let mut total = 0u64;
+    let mut sample_at = 0u64;
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        if total <= sample_at && sample_at < total + chunk.len() as u64 {
+            let off = (sample_at - total) as usize;
+            let want = env.emu.expected_bytes("seq.bin", sample_at, 64).unwrap();
+            assert_eq!(
+                &chunk[off..(off + 64).min(chunk.len())],
+                &want[..(chunk.len() - off).min(64)]
+            );
+            sample_at += 7_777_777;
+        }
+        total += chunk.len() as u64;
+    }
+    assert_eq!(total, 512 << 20);
+    let secs = t.elapsed().as_secs_f64();
+    let ratio = (total as f64 / secs) / RATE as f64;
+    println!(
+        "sequential: {:.1} MiB/s = {:.0}% of the emulator's {} MiB/s",
+        total as f64 / secs / 1048576.0,
+        ratio * 100.0,
+        RATE >> 20
+    );
+    assert!(
+        ratio >= 0.7,
+        "sequential read reached only {:.0}% of the upstream bandwidth",
+        ratio * 100.0
+    );
+}
+
+/// Path of the b2-proxy binary that `cargo test --workspace` builds next to the test executables.
+fn proxy_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("b2-proxy");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo test --workspace` (or `cargo build -p b2-proxy`) first",
+        bin.display()
+    );
+    bin
+}
+
+fn spawn_proxy(config: &std::path::Path) -> Child {
+    Command::new(proxy_bin())
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn b2-proxy")
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "proxy process not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_and_restart_serves_exact_bytes() {
+    let emu = builder().start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[b2]\nkey_id = \"{}\"\napplication_key = \"{}\"\nbucket = \"{}\"\nendpoint = \"{}\"\n\
+             [server]\nlisten = \"127.0.0.1:{port}\"\n[cache]\nmemory = \"32MiB\"\ndisk = \"64MiB\"\ndisk_dir = \"{}\"\n",
+            emu.key_id(),
+            emu.application_key(),
+            emu.bucket_name(),
+            emu.endpoint(),
+            dir.path().join("cache").display()
+        ),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = common::http();
+    let mut rng = Rng(99);
+    let ranges: Vec<(u64, u64)> = (0..300)
+        .map(|_| {
+            let a = rng.below(BIG - 100_000);
+            (a, a + 1 + rng.below(70_000))
+        })
+        .collect();
+    let check = |status: u16, body: &[u8], a: u64, b: u64| {
+        assert_eq!(status, 206);
+        assert!(
+            body == &emu.expected_bytes("k32.plot", a, b - a).unwrap()[..],
+            "wrong bytes at {a}..{b}"
+        );
+    };
+    let get = |a: u64, b: u64| {
+        let http = http.clone();
+        let url = format!("{base}/files/k32.plot");
+        async move {
+            let r = http
+                .get(url)
+                .header("Range", format!("bytes={a}-{}", b - 1))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap())
+        }
+    };
+
+    let mut child = spawn_proxy(&cfg);
+    wait_ready(&http, &base).await;
+    // Load: reads in flight when the kill lands.
+    let load = {
+        let ranges = ranges.clone();
+        let http = http.clone();
+        let url = format!("{base}/files/k32.plot");
+        tokio::spawn(async move {
+            for (a, b) in ranges {
+                let _ = http
+                    .get(&url)
+                    .header("Range", format!("bytes={a}-{}", b - 1))
+                    .send()
+                    .await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let _ = load.await;
+
+    let mut child = spawn_proxy(&cfg);
+    wait_ready(&http, &base).await;
+    for &(a, b) in &ranges {
+        let (status, body) = get(a, b).await;
+        check(status, &body, a, b);
+    }
+    // Twice: the second pass reads what the first pass cached, through the recovered tiers.
+    for &(a, b) in &ranges {
+        let (status, body) = get(a, b).await;
+        check(status, &body, a, b);
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    emu.shutdown().await;
+}

@@ -1,0 +1,188 @@
+//! Shared harness for the end-to-end tests: an emulator, a proxy pointed at it (in-process, real HTTP over
+//! loopback), and helpers to read through the proxy and compare with the emulator's expected bytes.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use b2_proxy::config::{B2Config, Config};
+use b2_proxy::server::Proxy;
+use b2fs_tests::emulator::{Emulator, EmulatorBuilder};
+use bytesize::ByteSize;
+
+pub struct Env {
+    pub emu: Emulator,
+    pub proxy: Option<Proxy>,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub config: Config,
+    pub cache_dir: tempfile::TempDir,
+}
+
+/// A proxy configuration for `emu` with small caches and short timeouts suitable for tests.
+pub fn config_for(emu: &Emulator, cache_dir: &Path) -> Config {
+    let mut c = Config {
+        b2: Some(B2Config {
+            key_id: emu.key_id().to_string(),
+            application_key: emu.application_key().to_string(),
+            bucket: Some(emu.bucket_name().to_string()),
+            bucket_id: None,
+            prefix: String::new(),
+            endpoint: emu.endpoint().to_string(),
+        }),
+        ..Config::default()
+    };
+    c.server.listen = "127.0.0.1:0".parse().expect("addr");
+    c.cache.memory = ByteSize::mib(64);
+    c.cache.disk = ByteSize::mib(64);
+    c.cache.disk_dir = cache_dir.to_path_buf();
+    c.fetch.timeout = Duration::from_secs(3);
+    c.fetch.retry_deadline = Duration::from_secs(15);
+    c.catalog.refresh = Duration::from_secs(300);
+    c
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(60))
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// Starts the emulator from `builder` and a proxy configured by `config_for` then `tweak`; waits until ready.
+pub async fn start(builder: EmulatorBuilder, tweak: impl FnOnce(&mut Config)) -> Env {
+    let emu = builder.start().await.expect("emulator starts");
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config_for(&emu, cache_dir.path());
+    tweak(&mut config);
+    let proxy = Proxy::start(&config).await.expect("proxy starts");
+    let base = format!("http://{}", proxy.addr);
+    let env = Env {
+        emu,
+        proxy: Some(proxy),
+        base,
+        http: http(),
+        config,
+        cache_dir,
+    };
+    env.wait_healthy(Duration::from_secs(15)).await;
+    env
+}
+
+impl Env {
+    pub async fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy not healthy within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("{}/files/{}", self.base, name)
+    }
+
+    /// GET with `Range: bytes=start-(end-1)`; returns status and body.
+    pub async fn get_range(&self, name: &str, start: u64, end: u64) -> (u16, bytes::Bytes) {
+        let r = self
+            .http
+            .get(self.url(name))
+            .header("Range", format!("bytes={}-{}", start, end - 1))
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.bytes().await.unwrap_or_default())
+    }
+
+    /// Reads through the proxy and asserts the bytes equal the emulator's.
+    pub async fn assert_range(&self, name: &str, start: u64, end: u64) {
+        let (status, body) = self.get_range(name, start, end).await;
+        assert_eq!(
+            status,
+            206,
+            "{name} {start}..{end}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        );
+        let want = self
+            .emu
+            .expected_bytes(name, start, end - start)
+            .expect("expected bytes");
+        assert!(body[..] == want[..], "{name} {start}..{end}: wrong bytes");
+    }
+
+    pub fn downloads(&self) -> u64 {
+        let s = self.emu.stats();
+        s.requests.download_by_id + s.requests.download_by_name
+    }
+
+    pub async fn stop_proxy(&mut self) {
+        if let Some(p) = self.proxy.take() {
+            p.shutdown().await;
+        }
+    }
+
+    pub async fn restart_proxy(&mut self) {
+        self.stop_proxy().await;
+        let proxy = Proxy::start(&self.config).await.expect("proxy restarts");
+        self.base = format!("http://{}", proxy.addr);
+        self.proxy = Some(proxy);
+        self.wait_healthy(Duration::from_secs(15)).await;
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| l.starts_with(name_and_labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// Small deterministic PRNG for test offsets (no dependency, reproducible).
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Sends a request line byte-for-byte (no client-side path normalisation) and returns the status code.
+pub async fn raw_status(addr: &str, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let head = String::from_utf8_lossy(&buf[..buf.len().min(64)]).to_string();
+    head.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
