@@ -62,7 +62,8 @@ pub struct Hedger {
 
 impl Hedger {
     pub fn new(settings: HedgeSettings, policy: RetryPolicy, metrics: Arc<Metrics>) -> Self {
-        let initial = (settings.ceiling / 4).max(settings.floor);
+        // Until enough samples exist: a quarter second, above any healthy B2 answer for a small range.
+        let initial = Duration::from_millis(250).clamp(settings.floor, settings.ceiling);
         metrics.hedge_threshold.set(initial.as_secs_f64());
         Self {
             threshold_us: AtomicU64::new(initial.as_micros() as u64),

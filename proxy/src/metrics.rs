@@ -34,6 +34,7 @@ pub struct Metrics {
     pub upstream_bytes: IntCounter,
     pub upstream_retries: IntCounterVec,
     pub upstream_inflight: IntGauge,
+    pub upstream_connections: IntCounter,
     pub hedges_issued: IntCounter,
     pub hedges_won: IntCounter,
     pub hedge_threshold: Gauge,
@@ -162,6 +163,11 @@ impl Metrics {
                 &["reason"],
             )?,
             upstream_inflight: int_gauge(&r, "upstream_inflight", "Upstream requests in flight")?,
+            upstream_connections: counter(
+                &r,
+                "upstream_connections_opened_total",
+                "TCP connections opened to upstream (steady state should open none: the pool stays warm)",
+            )?,
             hedges_issued: counter(
                 &r,
                 "hedges_issued_total",

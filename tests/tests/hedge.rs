@@ -1,0 +1,168 @@
+//! Tail latency: hedged upstream requests and warm connections, against the emulator.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use b2fs_tests::emulator::Emulator;
+use common::{Rng, start};
+
+const BIG: u64 = 108 << 30;
+
+fn builder() -> b2fs_tests::emulator::EmulatorBuilder {
+    Emulator::builder().virtual_file("k32.plot", BIG)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_attempt_stall_is_answered_by_the_hedge() {
+    // Deterministic: the first request for every range stalls 3 s; only a second request answers fast.
+    let env = start(
+        builder()
+            .latency(Duration::from_millis(10), 0.0)
+            .first_attempt_delay(Duration::from_secs(3)),
+        |c| {
+            c.fetch.hedge_floor = Duration::from_millis(30);
+            c.fetch.hedge_ceiling = Duration::from_millis(200);
+            c.fetch.hedge_budget = 0.5;
+        },
+    )
+    .await;
+    let t = Instant::now();
+    env.assert_range("k32.plot", 3 << 30, (3 << 30) + 8191)
+        .await;
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "answer waited for the stalled attempt: {took:?}"
+    );
+    assert_eq!(env.metric("b2proxy_hedges_issued_total").await, 1.0);
+    assert_eq!(env.metric("b2proxy_hedges_won_total").await, 1.0);
+    assert_eq!(env.emu.stats().first_attempt_delays, 1);
+    // Waiters of the same block share the hedged answer (single-flight covers the hedge).
+    let env = &env;
+    futures::future::join_all(
+        (0..8).map(|_| env.assert_range("k32.plot", 5 << 30, (5 << 30) + 100)),
+    )
+    .await;
+    assert_eq!(env.metric("b2proxy_hedges_issued_total").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tail_of_cold_reads_is_cut() {
+    // 3% of responses delayed 1.5 s (seeded). Without hedging the p99 of 250 reads would be ~1.5 s.
+    let env = start(
+        builder()
+            .latency(Duration::from_millis(20), 0.3)
+            .tail(0.03, Duration::from_millis(1500))
+            .seed(3),
+        |_| {},
+    )
+    .await;
+    let mut rng = Rng(17);
+    let mut lat = Vec::with_capacity(250);
+    for _ in 0..250 {
+        let a = rng.below(BIG - 10_000);
+        let t = Instant::now();
+        env.assert_range("k32.plot", a, a + 8191).await;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    let p50 = lat[125];
+    let p99 = lat[247];
+    let gets = env.downloads();
+    let hedges = env.metric("b2proxy_hedges_issued_total").await;
+    let won = env.metric("b2proxy_hedges_won_total").await;
+    println!(
+        "250 cold reads: p50 {p50:?} p99 {p99:?} max {:?}; {gets} GETs, {hedges} hedges, {won} won",
+        lat[249]
+    );
+    assert!(p99 < Duration::from_millis(400), "p99 {p99:?}");
+    assert!(
+        gets as f64 <= 250.0 * 1.15,
+        "{gets} upstream GETs for 250 reads"
+    );
+    assert!(
+        won >= 1.0,
+        "no hedge won although tail delays were injected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_holds_when_everything_is_slow() {
+    // Every answer is slower than the (forced low) threshold: only the budget limits hedging.
+    let env = start(builder().latency(Duration::from_millis(120), 0.0), |c| {
+        c.fetch.hedge_floor = Duration::from_millis(10);
+        c.fetch.hedge_ceiling = Duration::from_millis(30);
+        c.fetch.hedge_budget = 0.05;
+    })
+    .await;
+    let env_ref = &env;
+    let mut rng = Rng(23);
+    let offsets: Vec<u64> = (0..200).map(|_| rng.below(BIG - 10_000)).collect();
+    futures::future::join_all(offsets.chunks(25).map(|chunk| async move {
+        for &a in chunk {
+            env_ref.assert_range("k32.plot", a, a + 8191).await;
+        }
+    }))
+    .await;
+    let hedges = env.metric("b2proxy_hedges_issued_total").await;
+    let gets = env.downloads();
+    println!("200 slow reads: {hedges} hedges, {gets} GETs");
+    // 5% of 200 plus the initial token.
+    assert!(
+        hedges <= 11.0,
+        "{hedges} hedges for 200 requests with a 5% budget"
+    );
+    assert!(gets <= 211, "{gets} GETs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn steady_state_reads_open_no_connections() {
+    // Hedging off: a cancelled hedge loser closes its connection by design, which is not what this measures.
+    let env = start(builder().latency(Duration::from_millis(5), 0.0), |c| {
+        c.fetch.hedge = false
+    })
+    .await;
+    let env_ref = &env;
+    let mut rng = Rng(31);
+    let batch = |rng: &mut Rng| {
+        (0..32)
+            .map(|_| rng.below(BIG - 10_000))
+            .collect::<Vec<u64>>()
+    };
+    // Warm-up: a parallel proof's fan-out opens the pool's connections.
+    let warm = batch(&mut rng);
+    futures::future::join_all(
+        warm.iter()
+            .map(|&a| env_ref.assert_range("k32.plot", a, a + 8191)),
+    )
+    .await;
+    env.emu.reset_stats();
+    for _ in 0..5 {
+        let b = batch(&mut rng);
+        futures::future::join_all(
+            b.iter()
+                .map(|&a| env_ref.assert_range("k32.plot", a, a + 8191)),
+        )
+        .await;
+    }
+    // An idle gap longer than a signage point interval (~9.4 s): connections must still be warm.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let b = batch(&mut rng);
+    futures::future::join_all(
+        b.iter()
+            .map(|&a| env_ref.assert_range("k32.plot", a, a + 8191)),
+    )
+    .await;
+    let s = env.emu.stats();
+    assert_eq!(s.requests.download_by_id, 6 * 32);
+    assert_eq!(
+        s.connections_opened, 0,
+        "steady-state reads opened new upstream connections"
+    );
+    assert!(
+        env.metric("b2proxy_upstream_connections_opened_total")
+            .await
+            >= 1.0
+    );
+}
