@@ -181,8 +181,13 @@ impl FoyerCache {
         settings: &CacheSettings,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, CacheError> {
+        // foyer's own metrics (op counts, latencies, disk I/O) land in the proxy's registry, under `foyer_*`.
+        let registry = mixtrics::registry::prometheus::PrometheusMetricsRegistry::new(
+            metrics.registry.clone(),
+        );
         let builder = HybridCacheBuilder::new()
             .with_name("b2proxy")
+            .with_metrics_registry(Box::new(registry))
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .with_flush_on_close(true)
             .memory(settings.memory_bytes)
@@ -333,6 +338,8 @@ mod tests {
         cache.close().await.expect("close");
         drop(cache);
 
+        // A fresh registry, as a restarted process has (foyer's metrics register once per registry).
+        let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
         let cache = FoyerCache::open(&settings, metrics).await.expect("reopen");
         let (v, tier) = cache.get(&key(2), 4096).await.expect("hit after reopen");
         assert_eq!(tier, Tier::Disk);

@@ -305,6 +305,27 @@ impl Config {
         Ok(config)
     }
 
+    /// A warning when the file holds a secret and other users can read it.
+    pub fn permission_warning(path: &Path) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        let text = std::fs::read_to_string(path).ok()?;
+        let parsed = Self::parse(&text).ok()?;
+        let has_secret = parsed
+            .b2
+            .as_ref()
+            .is_some_and(|b| !b.application_key.is_empty())
+            || parsed.server.auth_token.is_some();
+        (has_secret && mode & 0o044 != 0).then(|| {
+            format!(
+                "{} holds secrets and is readable by other users (mode {:o}): run `chmod 600` on it, \
+                 or move the secrets to the environment ({ENV_KEY_ID}, {ENV_APPLICATION_KEY}, {ENV_AUTH_TOKEN})",
+                path.display(),
+                mode & 0o777
+            )
+        })
+    }
+
     /// Parses TOML text; the message names the offending key and line.
     pub fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " | "))

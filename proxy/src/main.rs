@@ -50,6 +50,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(w) = Config::permission_warning(&args.config) {
+        tracing::warn!("{w}");
+    }
     if args.check_config {
         println!("# {}: valid", args.config.display());
         print!("{}", config.redacted_toml());

@@ -4,8 +4,8 @@
 //! dashboard queries only names defined here (a test checks that).
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Counter, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// Class B transaction (download) price in dollars, before the daily free allowance.
@@ -41,7 +41,7 @@ pub struct Metrics {
     pub singleflight_joins: IntCounter,
     pub readahead_blocks: IntCounterVec,
     pub b2_transactions: IntCounterVec,
-    pub b2_cost: Gauge,
+    pub b2_cost: Counter,
     pub cache_memory_bytes: IntGauge,
     pub catalog_files: IntGauge,
     pub catalog_last_refresh: Gauge,
@@ -200,11 +200,17 @@ impl Metrics {
                 "Billable B2 transactions, by class (B: downloads, C: authorize/list)",
                 &["class"],
             )?,
-            b2_cost: gauge(
-                &r,
-                "b2_estimated_cost_dollars",
-                "Estimated transaction cost in dollars since start, before the daily free allowance",
-            )?,
+            b2_cost: {
+                let c = Counter::with_opts(
+                    Opts::new(
+                        "b2_estimated_cost_dollars_total",
+                        "Estimated B2 transaction cost in dollars, before the daily free allowance",
+                    )
+                    .namespace("b2proxy"),
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
             cache_memory_bytes: int_gauge(
                 &r,
                 "cache_memory_bytes",
@@ -228,7 +234,45 @@ impl Metrics {
                 &["reason"],
             )?,
             registry: r,
-        })
+        }
+        .with_known_labels())
+    }
+
+    /// Creates the label sets the dashboard queries, so every series exists (at 0) from the start.
+    fn with_known_labels(self) -> Self {
+        for tier in ["memory", "disk"] {
+            self.cache_hits.with_label_values(&[tier]);
+            self.cache_hit_bytes.with_label_values(&[tier]);
+        }
+        for class in ["B", "C"] {
+            self.b2_transactions.with_label_values(&[class]);
+        }
+        for outcome in ["fetched", "used", "wasted"] {
+            self.readahead_blocks.with_label_values(&[outcome]);
+        }
+        for reason in [
+            "timeout",
+            "connect",
+            "429",
+            "5xx",
+            "body",
+            "bad_response",
+            "token_expired",
+        ] {
+            self.upstream_retries.with_label_values(&[reason]);
+        }
+        for op in ["download", "list_file_names", "authorize"] {
+            self.upstream_duration.with_label_values(&[op]);
+        }
+        self.upstream_requests
+            .with_label_values(&["download", "206"]);
+        self.fetch_errors.with_label_values(&["exhausted"]);
+        self.cache_errors.with_label_values(&["read"]);
+        for outcome in ["hit_memory", "hit_disk", "miss", "error"] {
+            self.requests.with_label_values(&["file", outcome]);
+            self.request_duration.with_label_values(&["file", outcome]);
+        }
+        self
     }
 
     /// Counts one billable B2 transaction and its estimated price.
@@ -239,7 +283,7 @@ impl Metrics {
             ("C", CLASS_C_PRICE)
         };
         self.b2_transactions.with_label_values(&[label]).inc();
-        self.b2_cost.add(price);
+        self.b2_cost.inc_by(price);
     }
 
     /// The registry in Prometheus text format.

@@ -104,3 +104,29 @@ fn help_explains_options() {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
 }
+
+#[test]
+fn world_readable_secrets_are_warned() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        "[b2]\nkey_id = \"k\"\napplication_key = \"secretsecret\"\nbucket = \"b\"\n",
+    )
+    .expect("write");
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let out = Command::new(env!("CARGO_BIN_EXE_b2-proxy"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--check-config")
+            .env_remove("B2_APPLICATION_KEY")
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(err.contains("chmod 600"), warned, "mode {mode:o}: {err}");
+        assert!(!err.contains("secretsecret"));
+    }
+}
