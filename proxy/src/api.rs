@@ -163,6 +163,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "reason": reason,
         "upstream": state.source.describe(),
         "authorized": src.authorized,
+        "upstream_circuit": if state.fetcher.upstream_circuit_open() { "open" } else { "closed" },
         "upstream_error": src.last_error,
         "catalog": {
             "loaded": cat.loaded,
@@ -210,9 +211,10 @@ fn fetch_error_response(e: &FetchError) -> Response {
         FetchError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         FetchError::Upstream(u) => match u.root() {
             UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::Connect(_) | UpstreamError::Changed(_) | UpstreamError::NotFound(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            UpstreamError::Connect(_)
+            | UpstreamError::Changed(_)
+            | UpstreamError::NotFound(_)
+            | UpstreamError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamError::Status { status: 503, .. }
             | UpstreamError::Status { status: 429, .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,

@@ -103,6 +103,21 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Bearer token required on every route but `/healthz`. Mandatory when `listen` is not loopback.
     pub auth_token: Option<String>,
+    /// Open client connections at most; more clients wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection that sends no complete request head for this long is closed (idle keep-alive and slowloris
+    /// clients alike). Longer than the shim's 60 s pool idle time, so shims close idle connections first.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(75)
+}
+
+fn default_max_connections() -> usize {
+    4096
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -126,6 +141,8 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             auth_token: None,
+            max_connections: default_max_connections(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }
@@ -419,6 +436,15 @@ impl Config {
                 "server.auth_token",
                 "too short: use at least 16 random characters (e.g. `openssl rand -hex 32`)",
             ));
+        }
+        if !(16..=1_000_000).contains(&self.server.max_connections) {
+            return Err(invalid(
+                "server.max_connections",
+                "must be between 16 and 1000000",
+            ));
+        }
+        if self.server.idle_timeout < Duration::from_secs(1) {
+            return Err(invalid("server.idle_timeout", "must be at least 1s"));
         }
         let bs = self.cache.block_size.as_u64();
         if !(4096..=(16 << 20)).contains(&bs) || !bs.is_power_of_two() {

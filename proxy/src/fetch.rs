@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
+use crate::breaker::Breaker;
 use crate::cache::{BlockCache, BlockKey, Tier};
 use crate::hedge::Hedger;
 use crate::metrics::Metrics;
@@ -98,6 +99,7 @@ pub struct Fetcher {
     next_run: AtomicU64,
     metrics: Arc<Metrics>,
     on_changed: Box<dyn Fn() + Send + Sync>,
+    breaker: Breaker,
 }
 
 /// Removes a run's blocks from the in-flight map however the run ends.
@@ -142,7 +144,13 @@ impl Fetcher {
             next_run: AtomicU64::new(1),
             metrics,
             on_changed,
+            breaker: Breaker::new(3, std::time::Duration::from_secs(3)),
         }
+    }
+
+    /// Whether misses currently fail fast because upstream is down.
+    pub fn upstream_circuit_open(&self) -> bool {
+        self.breaker.is_open()
     }
 
     pub fn cache_memory_usage(&self) -> usize {
@@ -357,10 +365,21 @@ impl Fetcher {
         let bs = self.settings.block_size;
         let start = first * bs;
         let end = ((first + len as u64) * bs).min(obj.size);
+        if let Err(e) = self.breaker.check() {
+            self.metrics
+                .fetch_errors
+                .with_label_values(&[e.reason()])
+                .inc();
+            return Err(e.into());
+        }
         let result = match &self.hedger {
             Some(h) => h.read(&*self.source, obj, start..end).await,
             None => self.source.read(obj, start..end).await,
         };
+        match &result {
+            Ok(_) => self.breaker.success(),
+            Err(e) => self.breaker.failure(e),
+        }
         let data = match result {
             Ok(d) => d,
             Err(e) => {
@@ -418,7 +437,9 @@ impl Fetcher {
             streams.clear();
         }
         let st = streams.entry(obj.id.clone()).or_default();
-        let sequential = st.next != 0 && range.start + bs >= st.next && range.start <= st.next + bs;
+        // Continues where the last read ended (a little overlap allowed, no gap): strided or random reads that
+        // happen to land near each other are not a stream.
+        let sequential = st.next != 0 && range.start <= st.next && range.start + bs >= st.next;
         st.next = range.end;
         if !sequential {
             // A lone large read is not a stream: no read-ahead until the next read continues it.

@@ -5,6 +5,7 @@
 //! read-ahead) -> [`cache`] (memory + disk tiers) or [`hedge`] -> [`upstream`] (B2 or a local directory).
 
 pub mod api;
+pub mod breaker;
 pub mod cache;
 pub mod catalog;
 pub mod config;

@@ -157,14 +157,13 @@ impl Proxy {
             source: source.clone(),
             auth_token: config.server.auth_token.as_deref().map(Arc::from),
         });
-        let shutdown = cancel.clone();
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let server = tokio::spawn(serve(
+            listener,
+            app,
+            cancel.clone(),
+            config.server.max_connections,
+            config.server.idle_timeout,
+        ));
         tracing::info!(%addr, upstream = %source.describe(), "b2-proxy listening");
         Ok(Self {
             addr,
@@ -180,13 +179,70 @@ impl Proxy {
     /// Stops serving, waits (bounded) for open requests, and closes the cache cleanly.
     pub async fn shutdown(self) {
         self.cancel.cancel();
-        if tokio::time::timeout(DRAIN, self.server).await.is_err() {
-            tracing::warn!("requests still open after {DRAIN:?}; closing anyway");
-        }
+        let _ = self.server.await;
         let _ = self.catalog_task.await;
         match self.cache.close().await {
             Ok(()) => tracing::info!("cache closed cleanly"),
             Err(e) => tracing::error!(error = %e, "closing the cache failed"),
         }
+    }
+}
+
+/// The accept loop: HTTP/1.1 with keep-alive, at most `max_connections` open connections (further clients wait
+/// in the kernel's backlog, so thousands of idle or hostile connections cost bounded memory), a deadline for
+/// request heads (which also ends idle keep-alive connections), and a graceful drain on shutdown.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    cancel: CancellationToken,
+    max_connections: usize,
+    idle_timeout: Duration,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(idle_timeout)
+        .keep_alive(true);
+    loop {
+        let slot = tokio::select! {
+            _ = cancel.cancelled() => break,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still open after {DRAIN:?}; closing anyway");
     }
 }

@@ -63,6 +63,8 @@ pub enum UpstreamError {
     },
     #[error("local I/O error: {0}")]
     Io(String),
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl UpstreamError {
@@ -99,6 +101,7 @@ impl UpstreamError {
             Self::Config(_) => "config",
             Self::Exhausted { .. } => "exhausted",
             Self::Io(_) => "io",
+            Self::Unavailable(_) => "unavailable",
         }
     }
 

@@ -186,3 +186,120 @@ pub async fn raw_status(addr: &str, path: &str) -> u16 {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
+
+/// Path of a binary that `cargo test --workspace` builds next to the test executables.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo test --workspace` (or `cargo build -p b2-proxy -p b2fs-shim`) first",
+        bin.display()
+    );
+    bin
+}
+
+/// A b2-proxy process (for crash, RSS and load tests), killed on drop.
+pub struct ProxyProcess {
+    pub child: std::process::Child,
+    pub base: String,
+    pub config_path: std::path::PathBuf,
+}
+
+impl ProxyProcess {
+    /// Writes `extra` TOML after the [b2] section for `emu` and starts the binary on a free port.
+    pub async fn start(emu: &Emulator, dir: &Path, extra: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let config_path = dir.join("config.toml");
+        let text = format!(
+            "[b2]\nkey_id = \"{}\"\napplication_key = \"{}\"\nbucket = \"{}\"\nendpoint = \"{}\"\n{extra}\n",
+            emu.key_id(),
+            emu.application_key(),
+            emu.bucket_name(),
+            emu.endpoint(),
+        );
+        let text = if text.contains("[server]") {
+            text.replace(
+                "[server]",
+                &format!("[server]\nlisten = \"127.0.0.1:{port}\""),
+            )
+        } else {
+            format!("{text}[server]\nlisten = \"127.0.0.1:{port}\"\n")
+        };
+        let text = if text.contains("[cache]") {
+            text
+        } else {
+            format!("{text}[cache]\nmemory = \"64MiB\"\ndisk = 0\n")
+        };
+        std::fs::write(&config_path, text).expect("config");
+        // Holds the key: private, as the proxy asks.
+        std::fs::set_permissions(
+            &config_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod");
+        let child = std::process::Command::new(workspace_bin("b2-proxy"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn b2-proxy");
+        let p = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            config_path,
+        };
+        let http = http();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http.get(format!("{}/healthz", p.base)).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "b2-proxy process not ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        p
+    }
+
+    /// Resident memory of the process in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
