@@ -15,6 +15,13 @@ struct State {
     last_error: String,
 }
 
+/// What [`Breaker::check`] allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    Normal,
+    Probe,
+}
+
 pub struct Breaker {
     threshold: u32,
     cooldown: Duration,
@@ -34,15 +41,16 @@ impl Breaker {
         }
     }
 
-    /// `Ok` when a fetch may go upstream (closed, or this caller is the probe of an open breaker).
-    pub fn check(&self) -> Result<(), UpstreamError> {
+    /// `Ok(Pass::Normal)` when a fetch may go upstream, `Ok(Pass::Probe)` when this caller is the one probe of an
+    /// open breaker (it should make a single attempt, not a full retry loop), `Err` when it must fail fast.
+    pub fn check(&self) -> Result<Pass, UpstreamError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match st.open_until {
-            None => Ok(()),
+            None => Ok(Pass::Normal),
             Some(until) if Instant::now() >= until => {
                 // This caller probes; others keep failing fast until it reports.
                 st.open_until = Some(Instant::now() + self.cooldown);
-                Ok(())
+                Ok(Pass::Probe)
             }
             Some(_) => Err(UpstreamError::Unavailable(format!(
                 "upstream is failing ({} reads in a row; last: {}); retrying in the background",
@@ -103,14 +111,18 @@ mod tests {
         let b = Breaker::new(3, Duration::from_millis(50));
         for _ in 0..2 {
             b.failure(&outage());
-            assert!(b.check().is_ok());
+            assert_eq!(b.check().ok(), Some(Pass::Normal));
         }
         b.failure(&UpstreamError::NotFound("x".into()));
         assert!(b.check().is_ok(), "a 404 is not an outage");
         b.failure(&outage());
         assert!(matches!(b.check(), Err(UpstreamError::Unavailable(_))));
         std::thread::sleep(Duration::from_millis(60));
-        assert!(b.check().is_ok(), "probe allowed after cooldown");
+        assert_eq!(
+            b.check().ok(),
+            Some(Pass::Probe),
+            "probe allowed after cooldown"
+        );
         assert!(b.check().is_err(), "only one probe");
         b.success();
         assert!(b.check().is_ok());

@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, Pass};
 use crate::cache::{BlockCache, BlockKey, Tier};
 use crate::hedge::Hedger;
 use crate::metrics::Metrics;
@@ -365,16 +365,21 @@ impl Fetcher {
         let bs = self.settings.block_size;
         let start = first * bs;
         let end = ((first + len as u64) * bs).min(obj.size);
-        if let Err(e) = self.breaker.check() {
-            self.metrics
-                .fetch_errors
-                .with_label_values(&[e.reason()])
-                .inc();
-            return Err(e.into());
-        }
-        let result = match &self.hedger {
-            Some(h) => h.read(&*self.source, obj, start..end).await,
-            None => self.source.read(obj, start..end).await,
+        let pass = match self.breaker.check() {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics
+                    .fetch_errors
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                return Err(e.into());
+            }
+        };
+        let result = match (&self.hedger, pass) {
+            // A probe of a broken upstream makes one attempt: its caller should not wait out a retry loop.
+            (_, Pass::Probe) => self.source.read_once(obj, start..end).await,
+            (Some(h), Pass::Normal) => h.read(&*self.source, obj, start..end).await,
+            (None, Pass::Normal) => self.source.read(obj, start..end).await,
         };
         match &result {
             Ok(_) => self.breaker.success(),
