@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -248,21 +247,8 @@ async fn sequential_read_runs_near_upstream_bandwidth() {
     );
 }
 
-/// Path of the b2-proxy binary that `cargo test --workspace` builds next to the test executables.
-fn proxy_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("b2-proxy");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo test --workspace` (or `cargo build -p b2-proxy`) first",
-        bin.display()
-    );
-    bin
-}
-
 fn spawn_proxy(config: &std::path::Path) -> Child {
-    Command::new(proxy_bin())
+    Command::new(common::workspace_bin("b2-proxy"))
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "warn")

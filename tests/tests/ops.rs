@@ -143,21 +143,6 @@ async fn bearer_token_guards_everything_but_healthz() {
     );
 }
 
-fn proxy_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("b2-proxy");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo test --workspace`",
-        bin.display()
-    );
-    bin
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn secrets_never_reach_logs_metrics_or_health() {
     const KEY: &str = "K001ThisIsTheSecretApplicationKey";
@@ -188,7 +173,7 @@ async fn secrets_never_reach_logs_metrics_or_health() {
             ),
         )
         .unwrap();
-        let mut child = Command::new(proxy_bin())
+        let mut child = Command::new(common::workspace_bin("b2-proxy"))
             .arg("--config")
             .arg(&cfg)
             .env("RUST_LOG", "trace")
