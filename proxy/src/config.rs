@@ -224,7 +224,7 @@ pub struct FetchConfig {
 }
 
 fn default_hedge_quantile() -> f64 {
-    0.95
+    0.98
 }
 fn default_hedge_floor() -> Duration {
     Duration::from_millis(30)

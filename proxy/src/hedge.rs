@@ -38,7 +38,7 @@ pub struct HedgeSettings {
 impl Default for HedgeSettings {
     fn default() -> Self {
         Self {
-            quantile: 0.95,
+            quantile: 0.98,
             floor: Duration::from_millis(30),
             ceiling: Duration::from_secs(2),
             budget: 0.05,
@@ -70,7 +70,10 @@ impl Hedger {
             settings,
             policy,
             samples: Mutex::new(VecDeque::with_capacity(WINDOW)),
-            budget: Mutex::new(Budget { tokens: 1.0 }),
+            // Half the burst allowance at start, so the first slow answers can be hedged before any budget is earned.
+            budget: Mutex::new(Budget {
+                tokens: BUDGET_CAP / 2.0,
+            }),
             metrics,
         }
     }
