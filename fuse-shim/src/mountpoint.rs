@@ -72,9 +72,26 @@ fn stat_bounded(path: &Path) -> Option<io::Result<std::fs::Metadata>> {
     let (tx, rx) = mpsc::channel();
     let p = path.to_path_buf();
     std::thread::spawn(move || {
-        let _ = tx.send(std::fs::metadata(&p));
+        // statfs first: the kernel answers stat of a FUSE root from its attribute cache even after the daemon
+        // died, but statfs always goes to the daemon, so a dead mount shows as ENOTCONN here.
+        let _ = tx.send(statfs(&p).and_then(|()| std::fs::metadata(&p)));
     });
     rx.recv_timeout(STAT_TIMEOUT).ok()
+}
+
+fn statfs(path: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: `c` is a valid NUL-terminated path and `buf` a properly sized, writable statfs struct that
+    // lives across the call; statfs does not retain either pointer.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut buf) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Make `path` ready to mount on and return it as an absolute path: it must be an existing directory; a
@@ -93,7 +110,8 @@ pub fn prepare(path: &Path) -> anyhow::Result<PathBuf> {
             "the mount point {shown} does not answer within {STAT_TIMEOUT:?}: a FUSE filesystem mounted there \
              seems hung. Stop the process serving it, or detach it with `fusermount3 -u -z {shown}`"
         ),
-        Some(Err(e)) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        // ECONNABORTED: the first access after the serving process died; ENOTCONN afterwards.
+        Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
             warn!(
                 "the mount point {shown} is a stale FUSE mount (\"Transport endpoint is not connected\"): \
                  the process that served it (probably an earlier b2fs-shim) has died. Detaching it with \
