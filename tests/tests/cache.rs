@@ -56,11 +56,11 @@ async fn concurrent_identical_misses_make_one_request() {
         (0..16u64).map(|i| env.assert_range("k32.plot", base + i * 4000, base + i * 4000 + 8191)),
     )
     .await;
-    assert_eq!(
-        env.downloads(),
-        2,
-        "{} requests for a region of 2 blocks",
-        env.downloads()
+    let n = env.downloads();
+    // One GET when a read spanning both blocks comes first, two when a single-block read does.
+    assert!(
+        (1..=2).contains(&n),
+        "{n} requests for a region of 2 blocks"
     );
     assert!(env.metric("b2proxy_singleflight_joins_total").await >= 31.0);
 }
