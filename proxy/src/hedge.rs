@@ -171,8 +171,12 @@ impl Hedger {
         }
         self.metrics.hedges_issued.inc();
         tracing::debug!(file = %obj.name, start = range.start, ?threshold, "hedging slow upstream request");
+        let hedge_start = Instant::now();
         let mut hedge = source.read_once(obj, range);
         // First success wins; if one side fails, the other still gets its chance.
+        // What enters the latency window: complete answers only. A primary cut short by its hedge says only
+        // "slower than the threshold"; recording that censored value would drag the threshold up into the tail
+        // it exists to cut, so the hedge's own latency (a fresh draw from the body) is recorded instead.
         tokio::select! {
             r = &mut primary => match r {
                 Ok(b) => { self.record(start.elapsed()); Ok(b) }
@@ -181,8 +185,7 @@ impl Hedger {
             r = &mut hedge => match r {
                 Ok(b) => {
                     self.metrics.hedges_won.inc();
-                    // The primary's latency is at least this; recording it keeps the quantile honest.
-                    self.record(start.elapsed());
+                    self.record(hedge_start.elapsed());
                     Ok(b)
                 }
                 Err(_) => primary.await,

@@ -1,0 +1,1141 @@
+//! The benchmark behind `b2fs-bench`: each scenario builds the whole read path itself (the B2 emulator
+//! in-process with injected latency, a b2-proxy, a b2fs-shim mount on a temporary directory), measures, tears
+//! it down, and the run ends with Markdown tables and JSON.
+//!
+//! Scenarios (see `--help` and README "Performance"): `micro`, `pos1-replay`, `tail`, `chiapos`, `pos2`,
+//! `farm`, or `all`. Targets are measured and printed with met / not met, never asserted.
+//!
+//! Modules: [`floor`] (naive and Monte Carlo floors), [`pos1`] (the k=32 replay), [`micro`], [`farm`],
+//! [`chia_scen`] (real provers through the mount, using [`crate::chia`]), [`stack`] (emulator + proxy;
+//! mounts come from [`crate::mount`]), [`report`], [`dist`].
+
+pub mod chia_scen;
+pub mod dist;
+pub mod farm;
+pub mod floor;
+pub mod micro;
+pub mod pos1;
+pub mod report;
+pub mod stack;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use clap::{Parser, ValueEnum};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::emulator::{Emulator, EmulatorBuilder};
+use crate::mount::{Mount, Shim};
+use dist::Dist;
+use floor::{Floor, LatencyModel};
+use pos1::{Layout, Sample, Via};
+use report::{FarmReport, LookupRow, NamedFloor, Problem, Report, Target};
+use stack::{Binaries, ProxyMode, ProxySettings, Stack};
+
+/// Size of the virtual k=32 plots.
+pub const K32_SIZE: u64 = 108 << 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Scenario {
+    /// Every scenario below, in this order.
+    All,
+    /// Cached 8191-byte reads: HTTP and FUSE vs a local pread, 1 and 32 readers.
+    Micro,
+    /// PoS1 k=32 lookup replay (quality check + parallel full proof) through the mount and the HTTP API.
+    #[value(name = "pos1-replay")]
+    Pos1Replay,
+    /// The replay with 2% of upstream answers delayed by 1 s, hedging on vs off.
+    Tail,
+    /// Real chiapos quality checks and full proofs (parallel_read on and off) through the mount.
+    Chiapos,
+    /// Real chia-pos2 lookups through the mount, proofs solved and validated.
+    Pos2,
+    /// 10,000 virtual plots: catalog load, `ls`, proxy memory, a harvester loop.
+    Farm,
+}
+
+impl Scenario {
+    pub const ORDER: [Scenario; 6] = [
+        Scenario::Micro,
+        Scenario::Pos1Replay,
+        Scenario::Tail,
+        Scenario::Chiapos,
+        Scenario::Pos2,
+        Scenario::Farm,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::All => "all",
+            Scenario::Micro => "micro",
+            Scenario::Pos1Replay => "pos1-replay",
+            Scenario::Tail => "tail",
+            Scenario::Chiapos => "chiapos",
+            Scenario::Pos2 => "pos2",
+            Scenario::Farm => "farm",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "b2fs-bench",
+    about = "Benchmark b2fs against the B2 emulator with injected latency: Chia lookup replays, real provers, \
+             cached-read micro-latency, tail latency with and without hedging, a 10,000-plot farm",
+    long_about = "Benchmark b2fs against the B2 emulator with injected latency.\n\n\
+        Each scenario starts everything itself (the emulator in-process, b2-proxy as a process or in-process, \
+        b2fs-shim on a temporary mount point), measures, cleans up, and the run prints Markdown tables and \
+        JSON. Run it through cargo so the proxy and shim binaries are (re)built in the same profile:\n\n  \
+        cargo run --release -p b2fs-tests --bin b2fs-bench -- all\n\n\
+        Targets are printed with met / not met; they are never asserted. The exit status is non-zero only \
+        when a scenario could not run."
+)]
+pub struct Opts {
+    /// Scenarios to run (`all` for every one).
+    #[arg(value_enum, required = true)]
+    pub scenarios: Vec<Scenario>,
+
+    /// A short version of each scenario (few lookups, small plots, a short farm loop, 20 ms latency unless
+    /// --latency-median is given), for CI.
+    #[arg(long)]
+    pub smoke: bool,
+
+    /// Also write the JSON report to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Seed of everything random: plot layouts, lookup positions, challenges, the emulator's latency draws.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Median of the injected upstream latency (lognormal). Default 50ms (20ms with --smoke).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub latency_median: Option<Duration>,
+
+    /// Sigma of the injected lognormal latency.
+    #[arg(long, default_value_t = 0.3)]
+    pub latency_sigma: f64,
+
+    /// Lookups per pass of pos1-replay and tail (default 40; 3 with --smoke).
+    #[arg(long)]
+    pub lookups: Option<usize>,
+
+    /// Virtual k=32 plots per replay pass; lookups cycle through them (default: one per lookup, so no lookup
+    /// finds another's C1/C3 ranges cached).
+    #[arg(long)]
+    pub replay_plots: Option<usize>,
+
+    /// Tail scenario: share of upstream answers delayed.
+    #[arg(long, default_value_t = 0.02)]
+    pub tail_probability: f64,
+
+    /// Tail scenario: extra delay of a delayed answer.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub tail_delay: Duration,
+
+    /// Challenges per chiapos pass (default 16; 2 with --smoke).
+    #[arg(long)]
+    pub chia_lookups: Option<usize>,
+
+    /// chiapos plot size (default 22; 18 with --smoke).
+    #[arg(long)]
+    pub chia_k: Option<u8>,
+
+    /// chia-pos2 lookups (default 60; 4 with --smoke).
+    #[arg(long)]
+    pub pos2_lookups: Option<usize>,
+
+    /// chia-pos2 plot size, even (default 24; 18 with --smoke).
+    #[arg(long)]
+    pub pos2_k: Option<u8>,
+
+    /// Proxy memory cache for chiapos and pos2, whose plots are small enough to end up entirely cached
+    /// otherwise (a real k=32 plot never is); the disk tier is off for them.
+    #[arg(long, value_name = "SIZE", default_value = "4MiB")]
+    pub chia_cache: ByteSize,
+
+    /// Reads by the single micro reader (default 3000; 100 with --smoke); each of the 32 readers makes a
+    /// tenth of that.
+    #[arg(long)]
+    pub micro_reads: Option<usize>,
+
+    /// Farm: number of virtual k=32 plots in the bucket.
+    #[arg(long, default_value_t = 10_000)]
+    pub farm_plots: usize,
+
+    /// Farm: how long the harvester loop runs (default 120s; 2s with --smoke), in real (compressed) time.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub farm_duration: Option<Duration>,
+
+    /// Farm: signage point interval.
+    #[arg(long, value_name = "DURATION", default_value = "9.375s", value_parser = humantime::parse_duration)]
+    pub sp_interval: Duration,
+
+    /// Farm: divide the signage point interval by this (default 1; 10 with --smoke).
+    #[arg(long)]
+    pub time_compress: Option<f64>,
+
+    /// Farm: one plot in this many passes the plot filter at each signage point.
+    #[arg(long, default_value_t = 256)]
+    pub filter: u32,
+
+    /// Proxy `fetch.hedge_quantile` for every scenario (default: the proxy's own default).
+    #[arg(long, value_name = "Q")]
+    pub hedge_quantile: Option<f64>,
+
+    /// Run b2-proxy as its own process (its RSS is then measured alone) or inside the bench.
+    #[arg(long, value_enum, default_value_t = ProxyMode::Process)]
+    pub proxy: ProxyMode,
+
+    /// Do not run `cargo build` for b2-proxy and b2fs-shim first (they must exist next to the bench).
+    #[arg(long)]
+    pub no_build: bool,
+
+    /// Monte Carlo trials per floor (default 200000; 20000 with --smoke).
+    #[arg(long)]
+    pub mc_trials: Option<usize>,
+}
+
+impl Opts {
+    fn pick<T: Copy>(&self, given: Option<T>, full: T, smoke: T) -> T {
+        given.unwrap_or(if self.smoke { smoke } else { full })
+    }
+    pub fn lookups(&self) -> usize {
+        self.pick(self.lookups, 40, 3).max(1)
+    }
+    pub fn median(&self) -> Duration {
+        self.pick(
+            self.latency_median,
+            Duration::from_millis(50),
+            Duration::from_millis(20),
+        )
+    }
+    pub fn mc_trials(&self) -> usize {
+        self.pick(self.mc_trials, 200_000, 20_000).max(1)
+    }
+    pub fn selected(&self) -> Vec<Scenario> {
+        let mut v: Vec<Scenario> = if self.scenarios.contains(&Scenario::All) {
+            Scenario::ORDER.to_vec()
+        } else {
+            self.scenarios.clone()
+        };
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// What every scenario gets.
+pub struct Ctx {
+    pub opts: Opts,
+    pub bins: Binaries,
+    pub model: LatencyModel,
+}
+
+/// The floors every lookup row refers to.
+pub struct Floors {
+    pub quality: Floor,
+    pub proof: Floor,
+    pub pos2: Floor,
+    pub tail_quality: Floor,
+    pub tail_proof: Floor,
+}
+
+impl Ctx {
+    pub fn tail_model(&self) -> LatencyModel {
+        self.model.with_tail(
+            self.opts.tail_probability,
+            self.opts.tail_delay.as_secs_f64() * 1e3,
+        )
+    }
+
+    /// An emulator with the latency `model` and the run's seed.
+    pub fn emulator(&self, model: &LatencyModel) -> EmulatorBuilder {
+        let mut b = Emulator::builder()
+            .bucket("b2fs-bench")
+            .latency(Duration::from_secs_f64(model.median_ms / 1e3), model.sigma)
+            .seed(self.opts.seed);
+        if model.has_tail() {
+            b = b.tail(
+                model.tail_probability,
+                Duration::from_secs_f64(model.tail_delay_ms / 1e3),
+            );
+        }
+        b
+    }
+
+    /// The proxy settings every scenario starts from (the proxy's defaults but for the bench's flags).
+    pub fn proxy_settings(&self) -> ProxySettings {
+        ProxySettings {
+            hedge_quantile: self.opts.hedge_quantile,
+            ..ProxySettings::default()
+        }
+    }
+
+    pub async fn stack(
+        &self,
+        builder: EmulatorBuilder,
+        settings: &ProxySettings,
+    ) -> anyhow::Result<Stack> {
+        Stack::start(builder, settings, self.opts.proxy, &self.bins).await
+    }
+
+    /// Mounts the stack's proxy with b2fs-shim (its defaults: direct I/O) on `<stack dir>/mnt`.
+    pub async fn mount(&self, stack: &Stack) -> anyhow::Result<Mount> {
+        let mnt = stack.dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt)?;
+        let shim = Shim::new(&mnt, stack.base.clone())
+            .binary(self.bins.shim.clone())
+            .log_file(stack.dir.path().join("shim.log"))
+            .mount_timeout(Duration::from_secs(60));
+        tokio::task::spawn_blocking(move || shim.mount())
+            .await?
+            .context("mounting b2fs-shim")
+    }
+}
+
+/// Stops a shim (SIGTERM, checks the mount is gone) off the async threads.
+pub async fn unmount(m: Mount) {
+    let r = tokio::task::spawn_blocking(move || m.terminate(Duration::from_secs(15))).await;
+    match r {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => eprintln!("b2fs-bench: unmount: {e:#}"),
+        Err(e) => eprintln!("b2fs-bench: unmount: {e}"),
+    }
+}
+
+fn progress(msg: impl AsRef<str>) {
+    eprintln!("b2fs-bench: {}", msg.as_ref());
+}
+
+/// A PoS1 replay pass: fresh emulator (one virtual 108 GiB plot per lookup by default), proxy, and mount when
+/// `path` is `mount`; every plot opened first (header and C2, untimed, as a harvester does at start), then
+/// `lookups` sequential lookups (quality check, then its full proof), each checked byte for byte.
+pub async fn pos1_pass(
+    ctx: &Ctx,
+    scenario: &str,
+    path: &str,
+    hedge: bool,
+    model: &LatencyModel,
+    floors: (&Floor, &Floor),
+) -> anyhow::Result<LookupRow> {
+    let n = ctx.opts.lookups();
+    let nplots = ctx.opts.replay_plots.unwrap_or(n).max(1);
+    let prefix = "replay/k32-";
+    let builder = ctx.emulator(model).virtual_files(prefix, nplots, K32_SIZE);
+    let stack = ctx
+        .stack(
+            builder,
+            &ProxySettings {
+                hedge,
+                ..ctx.proxy_settings()
+            },
+        )
+        .await?;
+    let mount = match path {
+        "mount" => Some(ctx.mount(&stack).await?),
+        _ => None,
+    };
+    let via = match &mount {
+        Some(m) => Via::Dir(m.path().to_path_buf()),
+        None => Via::Http {
+            client: stack.http.clone(),
+            base: stack.base.clone(),
+        },
+    };
+    let result = pos1_lookups(ctx, &stack, &via, prefix, nplots, n).await;
+    let rss = stack.proxy_rss();
+    let peak = stack.emu.stats().peak_downloads_in_flight;
+    let hedges = if hedge {
+        Some(report::HedgeStats {
+            issued: stack.metric("b2proxy_hedges_issued_total").await,
+            won: stack.metric("b2proxy_hedges_won_total").await,
+            threshold_ms: stack
+                .metric("b2proxy_hedge_threshold_seconds")
+                .await
+                .map(|s| s * 1e3),
+        })
+    } else {
+        None
+    };
+    if let Some(m) = mount {
+        unmount(m).await;
+    }
+    stack.shutdown().await;
+    let samples = result?;
+    let mut row = pos1_row(scenario, path, hedge, &samples, peak, rss, floors, nplots);
+    if let Some(h) = &hedges {
+        let show = |v: Option<f64>, unit: &str| {
+            v.map(|v| format!("{v:.0}{unit}"))
+                .unwrap_or_else(|| "?".into())
+        };
+        row.notes.push(format!(
+            "hedges: {} issued, {} won (the proxy's counters over the pass, opens included); \
+             hedge threshold at the end {}",
+            show(h.issued, ""),
+            show(h.won, ""),
+            show(h.threshold_ms, " ms")
+        ));
+    }
+    row.hedges = hedges;
+    Ok(row)
+}
+
+/// Runs the lookups of a replay pass (shared with the rclone comparison).
+async fn pos1_lookups(
+    ctx: &Ctx,
+    stack: &Stack,
+    via: &Via,
+    prefix: &str,
+    nplots: usize,
+    n: usize,
+) -> anyhow::Result<Vec<Sample>> {
+    let seed = ctx.opts.seed;
+    let names: Vec<String> = (0..nplots)
+        .map(|i| format!("{prefix}{i:06}.plot"))
+        .collect();
+    let layouts: Vec<Layout> = (0..nplots)
+        .map(|i| Layout::k32(K32_SIZE, seed ^ ((i as u64) << 20)))
+        .collect();
+    let opens: Vec<Vec<pos1::Step>> = layouts.iter().map(|l| vec![l.open_reads()]).collect();
+    futures::future::try_join_all(
+        names
+            .iter()
+            .zip(&opens)
+            .map(|(name, steps)| pos1::run_chain(via, name, steps)),
+    )
+    .await
+    .context("opening the plots")?;
+    stack.emu.reset_stats();
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(7));
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = i % nplots;
+        let plan = layouts[p].plan(&mut rng);
+        let s0 = stack.emu.stats();
+        let (quality, got_q) = pos1::run_chain(via, &names[p], &plan.quality).await?;
+        let s1 = stack.emu.stats();
+        let (proof, got_p) = pos1::run_rounds(via, &names[p], &plan.proof).await?;
+        let s2 = stack.emu.stats();
+        pos1::verify(&stack.emu, &names[p], &got_q)?;
+        pos1::verify(&stack.emu, &names[p], &got_p)?;
+        samples.push(Sample {
+            quality,
+            proof,
+            quality_requests: Stack::downloads(&s1) - Stack::downloads(&s0),
+            requests: Stack::downloads(&s2) - Stack::downloads(&s0),
+            bytes: s2.bytes_sent - s0.bytes_sent,
+        });
+    }
+    Ok(samples)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pos1_row(
+    scenario: &str,
+    path: &str,
+    hedge: bool,
+    samples: &[Sample],
+    peak: u64,
+    rss: Option<stack::Rss>,
+    floors: (&Floor, &Floor),
+    nplots: usize,
+) -> LookupRow {
+    let n = samples.len().max(1) as f64;
+    let q: Vec<Duration> = samples.iter().map(|s| s.quality).collect();
+    let p: Vec<Duration> = samples.iter().map(|s| s.proof).collect();
+    let mut notes = Vec::new();
+    if nplots < samples.len() {
+        notes.push(format!(
+            "{} lookups over {nplots} plots: later lookups may find C1/C3 ranges cached",
+            samples.len()
+        ));
+    }
+    let quality = Dist::from_durations(&q);
+    let proof = Dist::from_durations(&p);
+    // Per-round overhead only means something against a floor without a tail.
+    if let (Some(qd), Some(pd), Some(_)) = (quality, proof, floors.0.analytic_ms) {
+        let per_round =
+            |d: Dist, f: &Floor| (d.mean_ms - f.statistical_ms) / f.dependent_rounds as f64;
+        notes.push(format!(
+            "means: quality check {:.1} ms ({:+.1} ms per dependent round over the floor), proof {:.1} ms \
+             ({:+.1} ms per round)",
+            qd.mean_ms,
+            per_round(qd, floors.0),
+            pd.mean_ms,
+            per_round(pd, floors.1)
+        ));
+    }
+    LookupRow {
+        scenario: scenario.into(),
+        path: path.into(),
+        hedge,
+        variant: String::new(),
+        lookups: samples.len(),
+        quality,
+        proof,
+        requests_per_lookup: samples.iter().map(|s| s.requests).sum::<u64>() as f64 / n,
+        quality_requests_per_lookup: Some(
+            samples.iter().map(|s| s.quality_requests).sum::<u64>() as f64 / n,
+        ),
+        bytes_per_lookup: samples.iter().map(|s| s.bytes).sum::<u64>() as f64 / n,
+        peak_upstream: peak,
+        rss,
+        quality_floor: Some(floors.0.clone()),
+        proof_floor: Some(floors.1.clone()),
+        hedges: None,
+        notes,
+    }
+}
+
+/// `rclone` on PATH, if any.
+pub fn rclone() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("rclone"))
+        .find(|p| p.is_file())
+}
+
+/// The replay through `rclone mount` of the emulator bucket (no b2-proxy), as a comparison column.
+async fn rclone_pass(
+    ctx: &Ctx,
+    rclone: &Path,
+    floors: (&Floor, &Floor),
+) -> anyhow::Result<LookupRow> {
+    let n = ctx.opts.lookups();
+    let nplots = ctx.opts.replay_plots.unwrap_or(n).max(1);
+    let prefix = "replay/k32-";
+    let emu = ctx
+        .emulator(&ctx.model)
+        .virtual_files(prefix, nplots, K32_SIZE)
+        .start()
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt)?;
+    let remote = format!(
+        ":b2,account={},key={},endpoint={}:{}",
+        emu.key_id(),
+        emu.application_key(),
+        emu.endpoint(),
+        emu.bucket_name()
+    );
+    let mut child = std::process::Command::new(rclone)
+        .arg("mount")
+        .arg(&remote)
+        .arg(&mnt)
+        .args([
+            "--read-only",
+            "--vfs-cache-mode",
+            "off",
+            "--dir-cache-time",
+            "1h",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("rclone.log"))?)
+        .spawn()
+        .context("cannot start rclone mount")?;
+    let first = mnt.join(format!("{prefix}{:06}.plot", 0));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !first.exists() {
+        if Instant::now() > deadline || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(dir.path().join("rclone.log")).unwrap_or_default();
+            anyhow::bail!("rclone mount did not come up: {}", log.trim());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A Stack-less pass: the emulator's counters, no proxy.
+    let via = Via::Dir(mnt.clone());
+    let seed = ctx.opts.seed;
+    let names: Vec<String> = (0..nplots)
+        .map(|i| format!("{prefix}{i:06}.plot"))
+        .collect();
+    let layouts: Vec<Layout> = (0..nplots)
+        .map(|i| Layout::k32(K32_SIZE, seed ^ ((i as u64) << 20)))
+        .collect();
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(7));
+    emu.reset_stats();
+    let mut samples = Vec::new();
+    let mut failure = None;
+    for i in 0..n {
+        let p = i % nplots;
+        let plan = layouts[p].plan(&mut rng);
+        let s0 = emu.stats();
+        let q = pos1::run_chain(&via, &names[p], &plan.quality).await;
+        let s1 = emu.stats();
+        let pr = pos1::run_rounds(&via, &names[p], &plan.proof).await;
+        let s2 = emu.stats();
+        match (q, pr) {
+            (Ok((quality, _)), Ok((proof, _))) => samples.push(Sample {
+                quality,
+                proof,
+                quality_requests: Stack::downloads(&s1) - Stack::downloads(&s0),
+                requests: Stack::downloads(&s2) - Stack::downloads(&s0),
+                bytes: s2.bytes_sent - s0.bytes_sent,
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let peak = emu.stats().peak_downloads_in_flight;
+    let _ = crate::mount::lazy_unmount(&mnt);
+    let _ = child.kill();
+    let _ = child.wait();
+    emu.shutdown().await;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let mut row = pos1_row(
+        "pos1-replay",
+        "rclone",
+        false,
+        &samples,
+        peak,
+        None,
+        floors,
+        nplots,
+    );
+    row.variant = "rclone mount, vfs-cache-mode off".into();
+    Ok(row)
+}
+
+async fn scenario_pos1(ctx: &Ctx, floors: &Floors, report: &mut Report) -> anyhow::Result<()> {
+    let f = (&floors.quality, &floors.proof);
+    let n = ctx.opts.pick(None, 100, 10);
+    progress(format!(
+        "pos1-replay: emulator calibration, {n} direct downloads"
+    ));
+    let fixed = LatencyModel::new(ctx.model.median_ms, 0.0);
+    let emu = ctx
+        .emulator(&fixed)
+        .virtual_file("calibration.bin", K32_SIZE)
+        .start()
+        .await?;
+    let client = stack::http_client()?;
+    let calibration = pos1::calibrate(
+        &emu,
+        &client,
+        "calibration.bin",
+        K32_SIZE,
+        n,
+        fixed.median_ms,
+        ctx.opts.seed,
+    )
+    .await;
+    emu.shutdown().await;
+    report.calibration = Some(calibration?);
+    for (path, hedge) in [("mount", true), ("http", true), ("mount", false)] {
+        progress(format!(
+            "pos1-replay: {path}, hedge {}: {} lookups",
+            if hedge { "on" } else { "off" },
+            ctx.opts.lookups()
+        ));
+        let row = pos1_pass(ctx, "pos1-replay", path, hedge, &ctx.model, f).await?;
+        report.lookups.push(row);
+    }
+    match rclone() {
+        None => report
+            .notes
+            .push("rclone is not on PATH: the `rclone mount` comparison column was skipped".into()),
+        Some(r) => {
+            progress("pos1-replay: rclone mount comparison");
+            match rclone_pass(ctx, &r, f).await {
+                Ok(row) => report.lookups.push(row),
+                Err(e) => report.notes.push(format!(
+                    "rclone comparison failed (not counted as an error): {e:#}"
+                )),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn scenario_tail(ctx: &Ctx, floors: &Floors, report: &mut Report) -> anyhow::Result<()> {
+    let model = ctx.tail_model();
+    let f = (&floors.tail_quality, &floors.tail_proof);
+    for hedge in [true, false] {
+        progress(format!(
+            "tail: mount, hedge {}: {} lookups, {}% of answers +{:?}",
+            if hedge { "on" } else { "off" },
+            ctx.opts.lookups(),
+            ctx.opts.tail_probability * 100.0,
+            ctx.opts.tail_delay
+        ));
+        let row = pos1_pass(ctx, "tail", "mount", hedge, &model, f).await?;
+        report.lookups.push(row);
+    }
+    Ok(())
+}
+
+async fn scenario_micro(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let single = ctx.opts.pick(ctx.opts.micro_reads, 3000, 100).max(10);
+    let plan = micro::MicroPlan {
+        single,
+        per_reader: (single / 10).max(5),
+    };
+    let name = "micro/data.bin";
+    let stack = ctx
+        .stack(
+            ctx.emulator(&ctx.model)
+                .virtual_file(name, micro::FILE_SIZE),
+            &ctx.proxy_settings(),
+        )
+        .await?;
+    let mount = ctx.mount(&stack).await?;
+    let result = async {
+        let ranges = micro::ranges(ctx.opts.seed, micro::FILE_SIZE);
+        let url = stack.url(name);
+        // Fill the cache: one upstream fetch per range.
+        futures::future::try_join_all(
+            ranges
+                .iter()
+                .map(|r| pos1::http_read(&stack.http, &url, *r)),
+        )
+        .await?;
+        progress("micro: local pread");
+        let mut rows = micro::local_rows(stack.dir.path(), plan, ctx.opts.seed)?;
+        let upstream = || Stack::downloads(&stack.emu.stats());
+        progress("micro: http");
+        rows.extend(micro::http_rows(&stack.http, &url, &ranges, plan, upstream).await?);
+        progress("micro: fuse");
+        rows.extend(
+            micro::fuse_rows(mount.join(name), ranges.clone(), plan, "fuse", upstream).await?,
+        );
+        anyhow::Ok(rows)
+    }
+    .await;
+    unmount(mount).await;
+    stack.shutdown().await;
+    report.micro.extend(result?);
+    Ok(())
+}
+
+async fn scenario_farm(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let o = &ctx.opts;
+    let plots = o.farm_plots.max(1);
+    let compress = o.pick(o.time_compress, 1.0, 10.0).max(0.001);
+    let interval = o.sp_interval.div_f64(compress);
+    let duration = o.pick(
+        o.farm_duration,
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+    );
+    let prefix = "farm/plot-";
+    progress(format!("farm: {plots} plots, catalog load"));
+    let stack = ctx
+        .stack(
+            ctx.emulator(&ctx.model)
+                .virtual_files(prefix, plots, K32_SIZE),
+            &ctx.proxy_settings(),
+        )
+        .await?;
+    let mut farm = FarmReport {
+        plots,
+        catalog_load_ms: stack.proxy_ready.as_secs_f64() * 1e3,
+        list_file_names_calls: stack.emu.stats().requests.list_file_names,
+        rss_after_catalog: stack.proxy_rss(),
+        duration_s: duration.as_secs_f64(),
+        sp_interval_s: interval.as_secs_f64(),
+        filter: o.filter,
+        ..FarmReport::default()
+    };
+    if stack.proxy_pid().is_none() {
+        farm.notes.push(
+            "proxy in-process: RSS is the bench's (emulator with 10,000 files included)".into(),
+        );
+    }
+    let mount = match ctx.mount(&stack).await {
+        Ok(m) => m,
+        Err(e) => {
+            stack.shutdown().await;
+            return Err(e);
+        }
+    };
+    let result = async {
+        let dir = mount.join("farm");
+        let timed = |args: &'static [&'static str]| {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, usize)> {
+                let t = Instant::now();
+                let out = std::process::Command::new("ls")
+                    .args(args)
+                    .arg(&dir)
+                    .stderr(std::process::Stdio::inherit())
+                    .output()
+                    .context("cannot run ls")?;
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                anyhow::ensure!(out.status.success(), "ls {args:?} failed");
+                Ok((ms, out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()))
+            })
+        };
+        progress("farm: ls");
+        let (ls_ms, entries) = timed(&["-1"]).await??;
+        let (ls_l_ms, _) = timed(&["-l"]).await??;
+        farm.ls_ms = ls_ms;
+        farm.ls_l_ms = ls_l_ms;
+        farm.entries_listed = entries;
+        anyhow::ensure!(
+            entries == plots,
+            "ls listed {entries} plots, the bucket has {plots}"
+        );
+        farm.shim_rss_bytes = mount.pid().and_then(stack::rss_of);
+        progress(format!(
+            "farm: harvester loop for {duration:?}, signage point every {interval:?}"
+        ));
+        stack.emu.reset_stats();
+        let result = farm::harvest(
+            mount.path().to_path_buf(),
+            &farm::LoopPlan {
+                plots,
+                plot_size: K32_SIZE,
+                filter: o.filter.max(1),
+                interval,
+                duration,
+                seed: o.seed,
+            },
+            |i| format!("{prefix}{i:06}.plot"),
+        )
+        .await?;
+        let stats = stack.emu.stats();
+        let requests = Stack::downloads(&stats);
+        farm.signage_points = result.signage_points;
+        farm.plots_passed = result.passed;
+        farm.quality = Dist::from_ms(&result.quality_ms);
+        farm.sp_response = Dist::from_ms(&result.sp_ms);
+        farm.requests_per_sp = requests as f64 / result.signage_points.max(1) as f64;
+        farm.requests_per_quality = requests as f64 / result.passed.max(1) as f64;
+        farm.peak_upstream = stats.peak_downloads_in_flight;
+        farm.rss_after_loop = stack.proxy_rss();
+        farm.notes.push(format!(
+            "{} quality checks made {} reads and {requests} upstream requests ({:.1} per check); \
+             a check reads C1 and C3, then P7 and 6 table steps per proof found (Poisson(1) proofs)",
+            result.passed,
+            result.reads,
+            farm.requests_per_quality
+        ));
+        if let Some(b) = farm.shim_rss_bytes {
+            farm.notes.push(format!(
+                "b2fs-shim RSS after listing {plots} plots: {:.0} MiB",
+                b as f64 / (1 << 20) as f64
+            ));
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    unmount(mount).await;
+    stack.shutdown().await;
+    result?;
+    report.farm = Some(farm);
+    Ok(())
+}
+
+/// The targets of the issue, from the rows.
+pub fn targets(report: &Report) -> Vec<Target> {
+    let row = |scenario: &str, path: &str, hedge: bool| {
+        report.lookups.iter().find(|r| {
+            r.scenario == scenario && r.path == path && r.hedge == hedge && r.variant.is_empty()
+        })
+    };
+    let mut t = Vec::new();
+    let ratio_target =
+        |name: &str, goal: &str, d: Option<Dist>, f: Option<&Floor>, limit: f64, strict: bool| {
+            let (measured, met) = match (d, f) {
+                (Some(d), Some(f)) => {
+                    let r = d.p50_ms / f.statistical_ms;
+                    (
+                        format!(
+                            "p50 {:.0} ms = {r:.3} x {:.0} ms",
+                            d.p50_ms, f.statistical_ms
+                        ),
+                        Some(if strict { r < limit } else { r <= limit }),
+                    )
+                }
+                _ => ("-".into(), None),
+            };
+            Target {
+                name: name.into(),
+                goal: goal.into(),
+                measured,
+                met,
+            }
+        };
+    let pos1_off = row("pos1-replay", "mount", false);
+    let pos1_on = row("pos1-replay", "mount", true);
+    t.push(ratio_target(
+        "PoS1 replay quality check (mount, hedge off)",
+        "p50 <= 1.05 x statistical floor",
+        pos1_off.and_then(|r| r.quality),
+        pos1_off.and_then(|r| r.quality_floor.as_ref()),
+        1.05,
+        false,
+    ));
+    t.push(ratio_target(
+        "PoS1 replay full proof (mount, hedge off)",
+        "p50 <= 1.05 x statistical floor",
+        pos1_off.and_then(|r| r.proof),
+        pos1_off.and_then(|r| r.proof_floor.as_ref()),
+        1.05,
+        false,
+    ));
+    t.push(ratio_target(
+        "PoS1 replay quality check (mount, hedge on)",
+        "p50 < statistical floor",
+        pos1_on.and_then(|r| r.quality),
+        pos1_on.and_then(|r| r.quality_floor.as_ref()),
+        1.0,
+        true,
+    ));
+    t.push(ratio_target(
+        "PoS1 replay full proof (mount, hedge on)",
+        "p50 < statistical floor",
+        pos1_on.and_then(|r| r.proof),
+        pos1_on.and_then(|r| r.proof_floor.as_ref()),
+        1.0,
+        true,
+    ));
+    for (label, r) in [("hedge off", pos1_off), ("hedge on", pos1_on)] {
+        t.push(Target {
+            name: format!("PoS1 upstream requests per lookup with proof (mount, {label})"),
+            goal: "<= 66".into(),
+            measured: r
+                .map(|r| format!("{:.1}", r.requests_per_lookup))
+                .unwrap_or_else(|| "-".into()),
+            met: r.map(|r| r.requests_per_lookup <= 66.0),
+        });
+    }
+    let pos2 = report
+        .lookups
+        .iter()
+        .find(|r| r.scenario == "pos2" && r.path == "mount");
+    t.push(ratio_target(
+        "PoS2 lookup (mount)",
+        "p50 <= 1.05 x statistical floor",
+        pos2.and_then(|r| r.quality),
+        pos2.and_then(|r| r.quality_floor.as_ref()),
+        1.05,
+        false,
+    ));
+    let fuse = report
+        .micro
+        .iter()
+        .find(|m| m.path == "fuse" && m.readers == 1);
+    t.push(Target {
+        name: "cached 8191-byte read through FUSE (1 reader)".into(),
+        goal: "p50 <= 300 us".into(),
+        measured: fuse
+            .map(|m| format!("p50 {:.0} us", m.latency.p50_ms * 1e3))
+            .unwrap_or_else(|| "-".into()),
+        met: fuse.map(|m| m.latency.p50_ms <= 0.300),
+    });
+    let tail = row("tail", "mount", true);
+    let tail_proof = tail.and_then(|r| r.proof);
+    t.push(Target {
+        name: "tail: full proof (mount, hedge on)".into(),
+        goal: "p95 <= 1.5 x p50".into(),
+        measured: tail_proof
+            .map(|d| {
+                format!(
+                    "p95 {:.0} ms = {:.2} x p50 {:.0} ms",
+                    d.p95_ms,
+                    d.p95_ms / d.p50_ms,
+                    d.p50_ms
+                )
+            })
+            .unwrap_or_else(|| "-".into()),
+        met: tail_proof.map(|d| d.p95_ms <= 1.5 * d.p50_ms),
+    });
+    t
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| format!("{:.0} GiB RAM", kb as f64 / (1 << 20) as f64))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), {mem}, Linux {kernel}")
+}
+
+/// Runs the selected scenarios and prints the report. Exit status: 0 when every scenario ran (targets met
+/// or not), 1 when one failed, 2 when the bench could not start.
+pub async fn run(opts: Opts) -> ExitCode {
+    let bins = match stack::binaries(!opts.no_build) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("b2fs-bench: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let model = LatencyModel::new(opts.median().as_secs_f64() * 1e3, opts.latency_sigma);
+    let ctx = Ctx {
+        opts: opts.clone(),
+        bins,
+        model,
+    };
+    let trials = opts.mc_trials();
+    let seed = opts.seed;
+    let tail = ctx.tail_model();
+    let floors = tokio::task::spawn_blocking(move || Floors {
+        quality: floor::floor(&floor::POS1_QUALITY_ROUNDS, &model, trials, seed),
+        proof: floor::floor(&floor::POS1_PROOF_ROUNDS, &model, trials, seed + 1),
+        pos2: floor::floor(&floor::POS2_LOOKUP_ROUNDS, &model, trials, seed + 2),
+        tail_quality: floor::floor(&floor::POS1_QUALITY_ROUNDS, &tail, trials, seed + 3),
+        tail_proof: floor::floor(&floor::POS1_PROOF_ROUNDS, &tail, trials, seed + 4),
+    })
+    .await
+    .expect("floor computation");
+    let selected = opts.selected();
+    let mut report = Report {
+        date: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        machine: machine(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        smoke: opts.smoke,
+        proxy_mode: format!(
+            "{}, fetch.hedge_quantile {}{}",
+            match opts.proxy {
+                ProxyMode::Process => "b2-proxy process",
+                ProxyMode::Inproc => "in-process",
+            },
+            opts.hedge_quantile
+                .unwrap_or(b2_proxy::config::FetchConfig::default().hedge_quantile),
+            if opts.hedge_quantile.is_some() {
+                ""
+            } else {
+                " (default)"
+            }
+        ),
+        latency: Some(model),
+        seed,
+        ..Report::default()
+    };
+    let mut add_floor = |lookup: String, floor: &Floor| {
+        report.floors.push(NamedFloor {
+            lookup,
+            floor: floor.clone(),
+        })
+    };
+    add_floor("PoS1 k=32 quality check".into(), &floors.quality);
+    add_floor(
+        "PoS1 k=32 full proof after its quality check".into(),
+        &floors.proof,
+    );
+    add_floor("PoS2 lookup (header + index cached)".into(), &floors.pos2);
+    if selected.contains(&Scenario::Tail) {
+        add_floor(
+            format!(
+                "tail: PoS1 quality check (+{:?} on {}% of requests)",
+                opts.tail_delay,
+                opts.tail_probability * 100.0
+            ),
+            &floors.tail_quality,
+        );
+        add_floor(
+            "tail: PoS1 full proof after its quality check".into(),
+            &floors.tail_proof,
+        );
+    }
+    if (model.median_ms - 50.0).abs() > 1e-9 || (model.sigma - 0.3).abs() > 1e-9 {
+        let reference = LatencyModel::new(50.0, 0.3);
+        report.notes.push(format!(
+            "statistical floors at the reference latency (median 50 ms, sigma 0.3): quality check {:.1} ms, \
+             proof after quality check {:.1} ms, PoS2 lookup {:.1} ms",
+            floor::monte_carlo(&floor::POS1_QUALITY_ROUNDS, &reference, trials, seed),
+            floor::monte_carlo(&floor::POS1_PROOF_ROUNDS, &reference, trials, seed),
+            floor::monte_carlo(&floor::POS2_LOOKUP_ROUNDS, &reference, trials, seed),
+        ));
+    }
+    let started = Instant::now();
+    for s in &selected {
+        let t = Instant::now();
+        progress(format!("scenario {}", s.name()));
+        let result = match s {
+            Scenario::Micro => scenario_micro(&ctx, &mut report).await,
+            Scenario::Pos1Replay => scenario_pos1(&ctx, &floors, &mut report).await,
+            Scenario::Tail => scenario_tail(&ctx, &floors, &mut report).await,
+            Scenario::Chiapos => chia_scen::chiapos(&ctx, &mut report).await,
+            Scenario::Pos2 => chia_scen::pos2(&ctx, &floors, &mut report).await,
+            Scenario::Farm => scenario_farm(&ctx, &mut report).await,
+            Scenario::All => Ok(()),
+        };
+        match result {
+            Ok(()) => progress(format!("scenario {} done in {:.1?}", s.name(), t.elapsed())),
+            Err(e) => {
+                progress(format!("scenario {} FAILED: {e:#}", s.name()));
+                report.errors.push(Problem {
+                    scenario: s.name().into(),
+                    reason: format!("{e:#}"),
+                });
+            }
+        }
+    }
+    report.targets = targets(&report);
+    report
+        .notes
+        .push(format!("total run time {:.0?}", started.elapsed()));
+    println!("{}", report.markdown());
+    let json = serde_json::to_string_pretty(&report).expect("report serializes");
+    println!("```json\n{json}\n```");
+    if let Some(path) = &opts.json
+        && let Err(e) = std::fs::write(path, &json)
+    {
+        eprintln!("b2fs-bench: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Entry point of the `b2fs-bench` binary.
+pub fn main() -> ExitCode {
+    let opts = Opts::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(1024)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("b2fs-bench: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(run(opts))
+}

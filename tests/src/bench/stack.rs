@@ -1,0 +1,435 @@
+//! The system under test, built and torn down by the benchmark: the B2 emulator (in-process), a b2-proxy (as
+//! its own process by default, or in-process) pointed at it, and optionally a b2fs-shim mount of the proxy.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use b2_proxy::config::{B2Config, Config};
+use b2_proxy::server::Proxy;
+use bytesize::ByteSize;
+use serde::Serialize;
+
+use crate::emulator::{Emulator, EmulatorBuilder, Stats};
+
+/// Where the proxy runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyMode {
+    /// `b2-proxy` as a child process (its RSS is measured alone).
+    Process,
+    /// `b2_proxy::server::Proxy` inside the bench process (RSS is the bench's own).
+    Inproc,
+}
+
+/// Paths of the binaries the bench spawns (next to its own executable: target/<profile>/).
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub proxy: PathBuf,
+    pub shim: PathBuf,
+}
+
+/// Finds `b2-proxy` and `b2fs-shim` in the bench's own target directory (and makes sure the `b2fs-pos2`
+/// prover tool is there for the pos2 scenario). When the bench runs under cargo
+/// (`CARGO` is set) and `build` is true, first runs `cargo build` for them with the bench's profile, so the
+/// numbers are never taken on stale binaries (a no-op when they are up to date).
+pub fn binaries(build: bool) -> anyhow::Result<Binaries> {
+    let exe = std::env::current_exe().context("cannot find the bench executable")?;
+    let mut dir = exe
+        .parent()
+        .context("bench executable has no directory")?
+        .to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    if build && let Ok(cargo) = std::env::var("CARGO") {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("workspace root")?;
+        let profile = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut cmd = Command::new(cargo);
+        cmd.arg("build")
+            .arg("--manifest-path")
+            .arg(root.join("Cargo.toml"))
+            .args(["-p", "b2-proxy", "--bin", "b2-proxy"])
+            .args(["-p", "b2fs-shim", "--bin", "b2fs-shim"])
+            // The chia-pos2 prover tool (it cannot be linked into a binary with b2-proxy).
+            .args(["-p", "b2fs-tests", "--bin", "b2fs-pos2"]);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        eprintln!("b2fs-bench: building b2-proxy, b2fs-shim and b2fs-pos2 ({profile} profile)");
+        let status = cmd
+            .stdout(Stdio::null())
+            .status()
+            .context("cannot run cargo build")?;
+        if !status.success() {
+            bail!("cargo build of b2-proxy, b2fs-shim and b2fs-pos2 failed ({status})");
+        }
+    }
+    let bins = Binaries {
+        proxy: dir.join("b2-proxy"),
+        shim: dir.join("b2fs-shim"),
+    };
+    for b in [&bins.proxy, &bins.shim] {
+        if !b.exists() {
+            bail!(
+                "{} is missing: build it with `cargo build -p b2-proxy -p b2fs-shim` in the bench's profile \
+                 (or run the bench through `cargo run`, without --no-build)",
+                b.display()
+            );
+        }
+    }
+    Ok(bins)
+}
+
+/// Resident memory of a process from `/proc/PID/status` (VmRSS), in bytes.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    rss_from_status(&text)
+}
+
+/// Resident memory of the bench process itself.
+pub fn own_rss() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    rss_from_status(&text)
+}
+
+fn rss_from_status(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A resident-memory measurement and what it is of.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rss {
+    pub bytes: u64,
+    /// `proxy process` or `bench process (in-process proxy)`.
+    pub of: String,
+}
+
+impl Rss {
+    pub fn short(&self) -> String {
+        let mib = self.bytes as f64 / (1 << 20) as f64;
+        if self.of.starts_with("proxy") {
+            format!("{mib:.0} MiB")
+        } else {
+            format!("{mib:.0} MiB (bench, in-proc)")
+        }
+    }
+}
+
+/// Proxy settings the scenarios vary.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub hedge: bool,
+    /// `fetch.hedge_quantile`; `None` keeps the proxy's default.
+    pub hedge_quantile: Option<f64>,
+    pub memory: ByteSize,
+    pub disk: ByteSize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            hedge: true,
+            hedge_quantile: None,
+            memory: ByteSize::gib(1),
+            disk: ByteSize::gib(1),
+        }
+    }
+}
+
+enum ProxyHandle {
+    Inproc(Proxy),
+    Process { child: Child, log: PathBuf },
+}
+
+/// Emulator + proxy, plus the HTTP client the bench reads through.
+pub struct Stack {
+    pub emu: Emulator,
+    proxy: Option<ProxyHandle>,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    /// Time from starting the proxy until `/healthz` said the catalog is loaded.
+    pub proxy_ready: Duration,
+}
+
+/// A keep-alive client sized for 64 concurrent reads.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(128)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(60))
+        .no_proxy()
+        .build()
+        .context("cannot build the HTTP client")
+}
+
+fn proxy_config(emu: &Emulator, dir: &Path, listen: &str, s: &ProxySettings) -> Config {
+    let mut c = Config {
+        b2: Some(B2Config {
+            key_id: emu.key_id().to_string(),
+            application_key: emu.application_key().to_string(),
+            bucket: Some(emu.bucket_name().to_string()),
+            bucket_id: None,
+            prefix: String::new(),
+            endpoint: emu.endpoint().to_string(),
+        }),
+        ..Config::default()
+    };
+    c.server.listen = listen.parse().expect("valid listen address");
+    c.cache.memory = s.memory;
+    c.cache.disk = s.disk;
+    c.cache.disk_dir = dir.join("cache");
+    c.fetch.hedge = s.hedge;
+    if let Some(q) = s.hedge_quantile {
+        c.fetch.hedge_quantile = q;
+    }
+    c
+}
+
+/// The config as TOML for the proxy process (written by hand: only the keys we set).
+fn config_toml(c: &Config) -> String {
+    let b2 = c.b2.as_ref().expect("b2 section");
+    format!(
+        "[b2]\nkey_id = {:?}\napplication_key = {:?}\nbucket = {:?}\nendpoint = {:?}\n\
+         [server]\nlisten = \"{}\"\n\
+         [cache]\nmemory = {}\ndisk = {}\ndisk_dir = {:?}\n\
+         [fetch]\nhedge = {}\nhedge_quantile = {}\n",
+        b2.key_id,
+        b2.application_key,
+        b2.bucket.as_deref().unwrap_or_default(),
+        b2.endpoint,
+        c.server.listen,
+        c.cache.memory.as_u64(),
+        c.cache.disk.as_u64(),
+        c.cache.disk_dir.display().to_string(),
+        c.fetch.hedge,
+        c.fetch.hedge_quantile,
+    )
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Stack {
+    /// Starts the emulator from `builder`, then a proxy on it; waits until the proxy's catalog is loaded.
+    pub async fn start(
+        builder: EmulatorBuilder,
+        settings: &ProxySettings,
+        mode: ProxyMode,
+        bins: &Binaries,
+    ) -> anyhow::Result<Self> {
+        let emu = builder.start().await.context("emulator start")?;
+        let dir = tempfile::Builder::new()
+            .prefix("b2fs-bench-")
+            .tempdir()
+            .context("temp dir")?;
+        let http = http_client()?;
+        let started = Instant::now();
+        let (proxy, base) = match mode {
+            ProxyMode::Inproc => {
+                let config = proxy_config(&emu, dir.path(), "127.0.0.1:0", settings);
+                let proxy = Proxy::start(&config)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("in-process proxy: {e}"))?;
+                let base = format!("http://{}", proxy.addr);
+                (ProxyHandle::Inproc(proxy), base)
+            }
+            ProxyMode::Process => {
+                let port = free_port()?;
+                let config = proxy_config(&emu, dir.path(), &format!("127.0.0.1:{port}"), settings);
+                let cfg_path = dir.path().join("proxy.toml");
+                std::fs::write(&cfg_path, config_toml(&config))?;
+                let log = dir.path().join("proxy.log");
+                let child = Command::new(&bins.proxy)
+                    .arg("--config")
+                    .arg(&cfg_path)
+                    .env("RUST_LOG", "warn")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log)?)
+                    .spawn()
+                    .with_context(|| format!("cannot start {}", bins.proxy.display()))?;
+                (
+                    ProxyHandle::Process { child, log },
+                    format!("http://127.0.0.1:{port}"),
+                )
+            }
+        };
+        let mut stack = Self {
+            emu,
+            proxy: Some(proxy),
+            base,
+            http,
+            dir,
+            proxy_ready: Duration::ZERO,
+        };
+        stack.wait_healthy(Duration::from_secs(120)).await?;
+        stack.proxy_ready = started.elapsed();
+        Ok(stack)
+    }
+
+    async fn wait_healthy(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await
+                && r.status() == 200
+            {
+                return Ok(());
+            }
+            if let Some(ProxyHandle::Process { child, log }) = self.proxy.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                bail!("b2-proxy exited at start ({status}): {}", text.trim());
+            }
+            if Instant::now() > deadline {
+                bail!("proxy not healthy within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The proxy URL of a file.
+    pub fn url(&self, name: &str) -> String {
+        format!(
+            "{}/files/{}",
+            self.base,
+            crate::emulator::encode_file_name(name)
+        )
+    }
+
+    /// PID of the proxy process, when it is one.
+    pub fn proxy_pid(&self) -> Option<u32> {
+        match self.proxy.as_ref()? {
+            ProxyHandle::Process { child, .. } => Some(child.id()),
+            ProxyHandle::Inproc(_) => None,
+        }
+    }
+
+    /// The proxy's resident memory (or the bench's, with an in-process proxy).
+    pub fn proxy_rss(&self) -> Option<Rss> {
+        match self.proxy_pid() {
+            Some(pid) => rss_of(pid).map(|bytes| Rss {
+                bytes,
+                of: "proxy process".into(),
+            }),
+            None => own_rss().map(|bytes| Rss {
+                bytes,
+                of: "bench process (in-process proxy)".into(),
+            }),
+        }
+    }
+
+    /// The sum of the proxy's Prometheus samples whose line starts with `prefix` (a metric name, optionally
+    /// with labels); `None` if there are none or `/metrics` cannot be read.
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
+    /// Upstream download requests so far (by id and by name).
+    pub fn downloads(stats: &Stats) -> u64 {
+        stats.requests.download_by_id + stats.requests.download_by_name
+    }
+
+    /// Stops the proxy (SIGTERM, bounded wait, then SIGKILL) and the emulator.
+    pub async fn shutdown(mut self) {
+        match self.proxy.take() {
+            Some(ProxyHandle::Inproc(p)) => p.shutdown().await,
+            Some(ProxyHandle::Process { child, .. }) => stop_child(child).await,
+            None => {}
+        }
+        self.emu.shutdown().await;
+    }
+}
+
+/// SIGTERM, up to 10 s for a clean exit, then SIGKILL.
+pub async fn stop_child(mut child: Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(ProxyHandle::Process { mut child, .. }) = self.proxy.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmrss_parses() {
+        let s = "Name:\tx\nVmPeak:\t  100 kB\nVmRSS:\t    2048 kB\n";
+        assert_eq!(rss_from_status(s), Some(2 << 20));
+        assert_eq!(rss_from_status("Name: x\n"), None);
+    }
+
+    #[test]
+    fn config_round_trips_through_the_proxy_parser() {
+        let c = Config {
+            b2: Some(B2Config {
+                key_id: "k".into(),
+                application_key: "s\"q".into(),
+                bucket: Some("b".into()),
+                bucket_id: None,
+                prefix: String::new(),
+                endpoint: "http://127.0.0.1:1".into(),
+            }),
+            ..Config::default()
+        };
+        let text = config_toml(&c);
+        let back = Config::parse(&text).expect(&text);
+        back.validate().expect("valid");
+        assert_eq!(back.b2.unwrap().application_key, "s\"q");
+        assert_eq!(back.cache.memory, c.cache.memory);
+    }
+}

@@ -1,0 +1,73 @@
+//! Smoke run of the benchmark: `b2fs-bench all --smoke` (built by `cargo test --workspace` next to the test
+//! executables) must run every scenario end to end (emulator, proxy process, FUSE mount, real chiapos and
+//! chia-pos2 provers), exit 0 and print every scenario's table row. Its numbers are not checked: targets
+//! are for the release benchmark (README "Performance"), never asserted in tests.
+//!
+//! Needs what the other end-to-end tests need: /dev/fuse with fusermount3, and the chiapos venv (.ci/run).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use b2fs_tests::mount::{wait_timeout, workspace_binary};
+
+/// The smoke run takes ~30-60 s in a debug build; this only guards against a hang.
+const LIMIT: Duration = Duration::from_secs(180);
+
+#[test]
+fn bench_all_smoke_prints_every_scenario() {
+    let bench = workspace_binary("b2fs-bench", "B2FS_BENCH_BIN").expect("b2fs-bench binary");
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let stdout_path = out_dir.path().join("stdout.md");
+    let json_path = out_dir.path().join("report.json");
+    let started = Instant::now();
+    let mut child = Command::new(&bench)
+        // --no-build: a cargo build from inside `cargo test` would wait on cargo's own lock.
+        .args(["all", "--smoke", "--no-build", "--json"])
+        .arg(&json_path)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn b2fs-bench");
+    let status = match wait_timeout(&mut child, LIMIT).expect("wait") {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("b2fs-bench all --smoke did not finish within {LIMIT:?}");
+        }
+    };
+    let elapsed = started.elapsed();
+    let stdout = std::fs::read_to_string(&stdout_path).expect("stdout");
+    eprintln!("b2fs-bench all --smoke took {elapsed:.1?}");
+    assert!(
+        status.success(),
+        "b2fs-bench exited with {status}:\n{stdout}"
+    );
+    for scenario in ["micro", "pos1-replay", "tail", "chiapos", "pos2", "farm"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("| {scenario} |"))),
+            "no table row for {scenario}:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("### Targets"),
+        "no targets table:\n{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("json file"))
+            .expect("valid JSON report");
+    assert_eq!(json["smoke"], true);
+    assert!(
+        json["errors"].as_array().is_some_and(Vec::is_empty),
+        "{}",
+        json["errors"]
+    );
+    assert!(
+        json["skipped"].as_array().is_some_and(Vec::is_empty),
+        "{}",
+        json["skipped"]
+    );
+}
