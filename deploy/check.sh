@@ -2,15 +2,17 @@
 # Validates the deployment files with the real tools: systemd-analyze, promtool, haproxy.
 # Used by CI (.ci/run installs the tools); each check runs when its tool is present and says so when not.
 set -euo pipefail
-cd "$(dirname "$0")"
-bin_dir=${1:-../target/debug}
+here=$(cd "$(dirname "$0")" && pwd)
+# Directory of the built binaries (absolute, or relative to where the script is run from).
+bin_dir=$(cd "${1:-$here/../target/debug}" && pwd)
+cd "$here"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 if command -v systemd-analyze >/dev/null 2>&1; then
   # Point ExecStart at the freshly built binaries so verify can check they exist.
   for unit in b2-proxy.service b2fs-shim@.service; do
-    sed -e "s|/usr/local/bin/|$(cd "$bin_dir" && pwd)/|g" "$unit" > "$tmp/$unit"
+    sed -e "s|/usr/local/bin/|$bin_dir/|g" "$unit" > "$tmp/$unit"
   done
   cp "$tmp/b2fs-shim@.service" "$tmp/b2fs-shim@mnt-plots.service"
   out=$(systemd-analyze verify "$tmp/b2-proxy.service" "$tmp/b2fs-shim@mnt-plots.service" 2>&1 || true)

@@ -187,6 +187,10 @@ pub struct Opts {
     #[arg(long, value_name = "Q")]
     pub hedge_quantile: Option<f64>,
 
+    /// Proxy `cache.block_size` for every scenario, e.g. 16KiB (default: the proxy's own, 64KiB).
+    #[arg(long, value_name = "SIZE")]
+    pub block_size: Option<bytesize::ByteSize>,
+
     /// Run b2-proxy as its own process (its RSS is then measured alone) or inside the bench.
     #[arg(long, value_enum, default_value_t = ProxyMode::Process)]
     pub proxy: ProxyMode,
@@ -272,6 +276,7 @@ impl Ctx {
     pub fn proxy_settings(&self) -> ProxySettings {
         ProxySettings {
             hedge_quantile: self.opts.hedge_quantile,
+            block_size: self.opts.block_size,
             ..ProxySettings::default()
         }
     }

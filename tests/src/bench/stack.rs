@@ -138,6 +138,8 @@ pub struct ProxySettings {
     pub hedge_quantile: Option<f64>,
     pub memory: ByteSize,
     pub disk: ByteSize,
+    /// `cache.block_size`; `None` keeps the proxy's default.
+    pub block_size: Option<ByteSize>,
 }
 
 impl Default for ProxySettings {
@@ -147,6 +149,7 @@ impl Default for ProxySettings {
             hedge_quantile: None,
             memory: ByteSize::gib(1),
             disk: ByteSize::gib(1),
+            block_size: None,
         }
     }
 }
@@ -195,6 +198,9 @@ fn proxy_config(emu: &Emulator, dir: &Path, listen: &str, s: &ProxySettings) -> 
     c.cache.disk = s.disk;
     c.cache.disk_dir = dir.join("cache");
     c.fetch.hedge = s.hedge;
+    if let Some(b) = s.block_size {
+        c.cache.block_size = b;
+    }
     if let Some(q) = s.hedge_quantile {
         c.fetch.hedge_quantile = q;
     }
@@ -207,7 +213,7 @@ fn config_toml(c: &Config) -> String {
     format!(
         "[b2]\nkey_id = {:?}\napplication_key = {:?}\nbucket = {:?}\nendpoint = {:?}\n\
          [server]\nlisten = \"{}\"\n\
-         [cache]\nmemory = {}\ndisk = {}\ndisk_dir = {:?}\n\
+         [cache]\nmemory = {}\ndisk = {}\ndisk_dir = {:?}\nblock_size = {}\n\
          [fetch]\nhedge = {}\nhedge_quantile = {}\n",
         b2.key_id,
         b2.application_key,
@@ -217,6 +223,7 @@ fn config_toml(c: &Config) -> String {
         c.cache.memory.as_u64(),
         c.cache.disk.as_u64(),
         c.cache.disk_dir.display().to_string(),
+        c.cache.block_size.as_u64(),
         c.fetch.hedge,
         c.fetch.hedge_quantile,
     )
