@@ -96,6 +96,9 @@ pub struct Fetcher {
     inflight: Mutex<HashMap<BlockKey, Pending>>,
     streams: Mutex<HashMap<Arc<str>, StreamState>>,
     prefetched: Mutex<HashSet<BlockKey>>,
+    /// Size of `prefetched`, readable without the lock: random (Chia) reads never fetch ahead, so every cache hit
+    /// skips the lock when this is 0.
+    prefetched_len: std::sync::atomic::AtomicUsize,
     next_run: AtomicU64,
     metrics: Arc<Metrics>,
     on_changed: Box<dyn Fn() + Send + Sync>,
@@ -141,6 +144,7 @@ impl Fetcher {
             inflight: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
             prefetched: Mutex::new(HashSet::new()),
+            prefetched_len: std::sync::atomic::AtomicUsize::new(0),
             next_run: AtomicU64::new(1),
             metrics,
             on_changed,
@@ -378,8 +382,9 @@ impl Fetcher {
         let result = match (&self.hedger, pass) {
             // A probe of a broken upstream makes one attempt: its caller should not wait out a retry loop.
             (_, Pass::Probe) => self.source.read_once(obj, start..end).await,
-            (Some(h), Pass::Normal) => h.read(&*self.source, obj, start..end).await,
-            (None, Pass::Normal) => self.source.read(obj, start..end).await,
+            // Read-ahead nobody waits on is bandwidth-bound: hedging it would spend budget and skew the window.
+            (Some(h), Pass::Normal) if !readahead => h.read(&*self.source, obj, start..end).await,
+            (_, Pass::Normal) => self.source.read(obj, start..end).await,
         };
         match &result {
             Ok(_) => self.breaker.success(),
@@ -501,11 +506,17 @@ impl Fetcher {
             set.clear();
         }
         set.insert(key);
+        self.prefetched_len.store(set.len(), Ordering::Relaxed);
     }
 
     fn note_prefetch_used(&self, key: &BlockKey) {
+        if self.prefetched_len.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut set = self.prefetched.lock().unwrap_or_else(|p| p.into_inner());
-        if !set.is_empty() && set.remove(key) {
+        let removed = set.remove(key);
+        self.prefetched_len.store(set.len(), Ordering::Relaxed);
+        if removed {
             self.metrics
                 .readahead_blocks
                 .with_label_values(&["used"])

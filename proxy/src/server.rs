@@ -37,6 +37,8 @@ pub enum StartError {
     Http(String),
     #[error("cannot register metrics: {0}")]
     Metrics(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 /// A running proxy.
@@ -95,7 +97,9 @@ impl Proxy {
             }
             (None, Some(local)) => Arc::new(LocalSource::new(local.dir.clone())),
             (None, None) => {
-                return Err(StartError::Http("no upstream configured".into()));
+                return Err(StartError::Config(
+                    "no upstream configured: add [b2] or [local]".into(),
+                ));
             }
         };
         let cache: Arc<dyn BlockCache> = Arc::new(
