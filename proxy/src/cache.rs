@@ -5,8 +5,13 @@
 //! and evicts with S3-FIFO (scan-resistant: a block read once leaves through the small queue, so a stream of
 //! cold reads cannot push out the plot headers and tables that every lookup reads again); the disk tier (foyer's
 //! block engine on a directory) is written on insertion, so a crash loses at most the last moments of fetches,
-//! and survives restarts. foyer checksums every disk entry; on top of that a block read back must have exactly
-//! the expected length, or it is dropped and fetched again.
+//! and survives restarts. Its regions are evicted in FIFO order; a block read when its disk copy is half a disk
+//! old is written again (`refresh`), so headers and indexes read at every open stay on disk through scans and
+//! crashes.
+//! foyer checksums every disk entry; on top of that a block read back must have exactly the expected length, or
+//! it is dropped and fetched again.
+
+mod refresh;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -14,11 +19,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use foyer::{
-    BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCachePolicy, RecoverMode, S3FifoConfig, Source,
+    BlockEngineConfig, Code, DeviceBuilder, FifoPicker, FsDeviceBuilder, HybridCache,
+    HybridCacheBuilder, HybridCachePolicy, RecoverMode, S3FifoConfig, Source,
 };
 use futures::FutureExt;
 use futures::future::BoxFuture;
+
+use refresh::DiskRefresh;
 
 /// Largest block value accepted when decoding from disk (the largest configurable block size).
 const MAX_BLOCK: usize = 16 << 20;
@@ -154,6 +161,7 @@ pub struct CacheSettings {
     pub memory_bytes: usize,
     pub disk_bytes: usize,
     pub disk_dir: std::path::PathBuf,
+    pub block_size: usize,
 }
 
 /// Memory-tier shards: one per 64 MiB up to 16. Each shard runs its own eviction over its share of the budget,
@@ -165,6 +173,8 @@ fn shards(memory_bytes: usize) -> usize {
 pub struct FoyerCache {
     inner: HybridCache<BlockKey, Block>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Present with a disk tier.
+    refresh: Option<DiskRefresh>,
 }
 
 /// Disk engine region ("block" in foyer's words): the unit of disk eviction. Smaller regions evict more finely
@@ -195,19 +205,31 @@ impl FoyerCache {
             .with_eviction_config(S3FifoConfig::default())
             .with_weighter(|k: &BlockKey, v: &Block| v.0.len() + k.file.len() + ENTRY_OVERHEAD)
             .storage();
+        let mut refresh = None;
         let inner = if settings.disk_bytes > 0 {
             create_dir(&settings.disk_dir)?;
             let device = FsDeviceBuilder::new(&settings.disk_dir)
                 .with_capacity(settings.disk_bytes)
                 .build()
                 .map_err(|e| CacheError::Open(format!("{}: {e}", settings.disk_dir.display())))?;
+            let region = region_size(settings.disk_bytes);
+            refresh = Some(DiskRefresh::new(
+                settings.disk_bytes,
+                settings.block_size,
+                2 * region,
+                metrics.cache_disk_rewritten_blocks.clone(),
+                metrics.cache_disk_rewritten_bytes.clone(),
+            ));
             builder
                 .with_engine_config(
                     BlockEngineConfig::new(device)
-                        .with_block_size(region_size(settings.disk_bytes))
+                        .with_block_size(region)
                         // Bounded write buffer: counts toward the "small constant" above the memory budget.
                         .with_buffer_pool_size(8 << 20)
-                        .with_submit_queue_size_threshold(16 << 20),
+                        .with_submit_queue_size_threshold(16 << 20)
+                        // Strict FIFO (no early eviction of mostly-invalid regions), so a block's disk lifetime
+                        // is the disk's capacity of writes, which is what `refresh` reckons with.
+                        .with_eviction_pickers(vec![Box::new(FifoPicker::default())]),
                 )
                 .with_recover_mode(RecoverMode::Quiet)
                 .build()
@@ -216,7 +238,11 @@ impl FoyerCache {
             builder.build().await
         }
         .map_err(|e| CacheError::Open(e.to_string()))?;
-        Ok(Self { inner, metrics })
+        Ok(Self {
+            inner,
+            metrics,
+            refresh,
+        })
     }
 }
 
@@ -247,6 +273,11 @@ impl BlockCache for FoyerCache {
                         self.inner.remove(&key);
                         return None;
                     }
+                    if let Some(refresh) = &self.refresh
+                        && refresh.should_rewrite(entry.hash(), value.len())
+                    {
+                        self.inner.insert(key, Block(value.clone()));
+                    }
                     Some((value, tier))
                 }
                 Ok(None) => None,
@@ -266,7 +297,11 @@ impl BlockCache for FoyerCache {
 
     fn insert(&self, key: BlockKey, value: Bytes) {
         self.metrics.cache_inserted_bytes.inc_by(value.len() as u64);
-        self.inner.insert(key, Block(value));
+        let len = value.len();
+        let entry = self.inner.insert(key, Block(value));
+        if let Some(refresh) = &self.refresh {
+            refresh.inserted(entry.hash(), len);
+        }
     }
 
     fn memory_usage(&self) -> usize {
@@ -323,6 +358,7 @@ mod tests {
             memory_bytes: 1 << 20,
             disk_bytes: 16 << 20,
             disk_dir: dir.path().to_path_buf(),
+            block_size: 4096,
         };
         let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
         let cache = FoyerCache::open(&settings, metrics.clone())

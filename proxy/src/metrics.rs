@@ -28,6 +28,8 @@ pub struct Metrics {
     pub cache_hit_bytes: IntCounterVec,
     pub cache_misses: IntCounter,
     pub cache_inserted_bytes: IntCounter,
+    pub cache_disk_rewritten_blocks: IntCounter,
+    pub cache_disk_rewritten_bytes: IntCounter,
     pub cache_errors: IntCounterVec,
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
@@ -132,6 +134,16 @@ impl Metrics {
                 &r,
                 "cache_inserted_bytes_total",
                 "Bytes of blocks inserted into the cache",
+            )?,
+            cache_disk_rewritten_blocks: counter(
+                &r,
+                "cache_disk_rewritten_blocks_total",
+                "Blocks read when their disk copy was half a disk old, written again so they stay on disk",
+            )?,
+            cache_disk_rewritten_bytes: counter(
+                &r,
+                "cache_disk_rewritten_bytes_total",
+                "Bytes of blocks written again to keep them on disk",
             )?,
             cache_errors: counter_vec(
                 &r,

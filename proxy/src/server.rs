@@ -108,6 +108,7 @@ impl Proxy {
                     memory_bytes: config.cache.memory.as_u64() as usize,
                     disk_bytes: config.cache.disk.as_u64() as usize,
                     disk_dir: config.cache.disk_dir.clone(),
+                    block_size: config.cache.block_size.as_u64() as usize,
                 },
                 metrics.clone(),
             )

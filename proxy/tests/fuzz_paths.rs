@@ -51,6 +51,7 @@ fn fixture() -> Fixture {
                     memory_bytes: 16 << 20,
                     disk_bytes: 0,
                     disk_dir: dir.path().join("cache"),
+                    block_size: 64 << 10,
                 },
                 metrics.clone(),
             )

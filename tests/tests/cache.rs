@@ -364,3 +364,85 @@ async fn sigkill_and_restart_serves_exact_bytes() {
     let _ = child.wait();
     emu.shutdown().await;
 }
+
+/// Headers and indexes are read at every open but fetched once; the disk tier's FIFO regions would drop them
+/// after `disk` bytes of other fetches. Blocks read again are rewritten before that, so after churning the disk
+/// six times over and a SIGKILL (memory tier gone), the hot set is still on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_blocks_survive_disk_churn_and_sigkill() {
+    let emu = builder().start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = format!(
+        "[cache]\nmemory = \"8MiB\"\ndisk = \"32MiB\"\ndisk_dir = \"{}\"\n",
+        dir.path().join("cache").display()
+    );
+    let http = common::http();
+    let emu_ref = &emu;
+    let get = |base: &str, a: u64, len: u64| {
+        let req = http
+            .get(format!("{base}/files/k32.plot"))
+            .header("Range", format!("bytes={a}-{}", a + len - 1));
+        let emu = emu_ref;
+        async move {
+            let r = req.send().await.expect("request");
+            assert_eq!(r.status(), 206);
+            let body = r.bytes().await.expect("body");
+            assert!(
+                body == emu.expected_bytes("k32.plot", a, len).unwrap(),
+                "wrong bytes at {a}"
+            );
+        }
+    };
+    let hot: Vec<u64> = (0..8u64).map(|i| i * (1 << 30) + 4096).collect();
+    let first_cold = 50u64 << 30;
+
+    let mut proxy = common::ProxyProcess::start(&emu, dir.path(), &cache).await;
+    for &h in &hot {
+        get(&proxy.base, h, 8191).await;
+    }
+    // 192 MiB of distinct 1 MiB reads through a 32 MiB disk tier, the hot set read every 4 MiB.
+    for i in 0..192u64 {
+        get(&proxy.base, first_cold + i * (37 << 20), 1 << 20).await;
+        if i % 4 == 3 {
+            for &h in &hot {
+                get(&proxy.base, h, 8191).await;
+            }
+        }
+    }
+    let metrics = http
+        .get(format!("{}/metrics", proxy.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rewritten: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("b2proxy_cache_disk_rewritten_blocks_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(rewritten >= 8.0, "{rewritten} blocks rewritten");
+    // Let the writer flush what it has queued; a crash loses only what is still in the write buffer.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.child.kill().expect("SIGKILL");
+    let _ = proxy.child.wait();
+    drop(proxy);
+
+    let proxy = common::ProxyProcess::start(&emu, dir.path(), &cache).await;
+    emu.reset_stats();
+    for &h in &hot {
+        get(&proxy.base, h, 8191).await;
+    }
+    let hot_downloads = emu.stats().requests.download_by_id;
+    // The churn was real: the first cold read left the disk long ago.
+    get(&proxy.base, first_cold, 1 << 20).await;
+    let cold_downloads = emu.stats().requests.download_by_id - hot_downloads;
+    assert_eq!(
+        hot_downloads, 0,
+        "hot blocks were lost to disk eviction or the crash"
+    );
+    assert!(cold_downloads >= 1, "the disk tier never cycled");
+    drop(proxy);
+    emu.shutdown().await;
+}
