@@ -284,12 +284,8 @@ async fn sigkill_and_restart_serves_exact_bytes() {
     std::fs::write(
         &cfg,
         format!(
-            "[b2]\nkey_id = \"{}\"\napplication_key = \"{}\"\nbucket = \"{}\"\nendpoint = \"{}\"\n\
-             [server]\nlisten = \"127.0.0.1:{port}\"\n[cache]\nmemory = \"32MiB\"\ndisk = \"64MiB\"\ndisk_dir = \"{}\"\n",
-            emu.key_id(),
-            emu.application_key(),
-            emu.bucket_name(),
-            emu.endpoint(),
+            "{}[server]\nlisten = \"127.0.0.1:{port}\"\n[cache]\nmemory = \"32MiB\"\ndisk = \"64MiB\"\ndisk_dir = \"{}\"\n",
+            emu.proxy_b2_toml(),
             dir.path().join("cache").display()
         ),
     )

@@ -1198,3 +1198,32 @@ async fn shutdown_stops_serving() -> TestResult {
     );
     Ok(())
 }
+
+/// v1 clients (rclone's b2 backend among them) read a file's length from `size`; v2+ from `contentLength` only.
+#[tokio::test]
+async fn v1_listing_carries_size() -> TestResult {
+    let emu = Emulator::builder()
+        .virtual_file("a.plot", 123_456)
+        .start()
+        .await?;
+    let c = client();
+    let tok = token(&c, &emu).await;
+    for (version, size) in [("v1", Some(123_456)), ("v4", None)] {
+        let page: Value = c
+            .post(format!(
+                "{}/b2api/{version}/b2_list_file_names",
+                emu.endpoint()
+            ))
+            .header("Authorization", &tok)
+            .json(&json!({ "bucketId": emu.bucket_id() }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let file = &page["files"][0];
+        assert_eq!(file["contentLength"], 123_456, "{version}: {page}");
+        assert_eq!(file["size"].as_u64(), size, "{version}: {page}");
+    }
+    emu.shutdown().await;
+    Ok(())
+}

@@ -303,14 +303,10 @@ impl ProxyProcess {
         std::fs::write(
             &config,
             format!(
-                "[b2]\nkey_id = \"{}\"\napplication_key = \"{}\"\nbucket = \"{}\"\nendpoint = \"{}\"\n\
-                 [server]\nlisten = \"127.0.0.1:{port}\"\n\
+                "{}[server]\nlisten = \"127.0.0.1:{port}\"\n\
                  [cache]\nmemory = \"32MiB\"\ndisk = \"64MiB\"\ndisk_dir = \"{}\"\n\
                  [fetch]\ntimeout = \"3s\"\nretry_deadline = \"5s\"\n",
-                emu.key_id(),
-                emu.application_key(),
-                emu.bucket_name(),
-                emu.endpoint(),
+                emu.proxy_b2_toml(),
                 dir.join("cache").display()
             ),
         )

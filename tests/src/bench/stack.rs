@@ -6,12 +6,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use b2_proxy::config::{B2Config, Config};
+use b2_proxy::config::Config;
 use b2_proxy::server::Proxy;
 use bytesize::ByteSize;
 use serde::Serialize;
 
-use crate::emulator::{Emulator, EmulatorBuilder, Stats};
+use crate::emulator::{Emulator, EmulatorBuilder, Stats, b2_section_toml};
 
 /// Where the proxy runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -183,14 +183,7 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
 
 fn proxy_config(emu: &Emulator, dir: &Path, listen: &str, s: &ProxySettings) -> Config {
     let mut c = Config {
-        b2: Some(B2Config {
-            key_id: emu.key_id().to_string(),
-            application_key: emu.application_key().to_string(),
-            bucket: Some(emu.bucket_name().to_string()),
-            bucket_id: None,
-            prefix: String::new(),
-            endpoint: emu.endpoint().to_string(),
-        }),
+        b2: Some(emu.proxy_b2_config()),
         ..Config::default()
     };
     c.server.listen = listen.parse().expect("valid listen address");
@@ -209,16 +202,11 @@ fn proxy_config(emu: &Emulator, dir: &Path, listen: &str, s: &ProxySettings) -> 
 
 /// The config as TOML for the proxy process (written by hand: only the keys we set).
 fn config_toml(c: &Config) -> String {
-    let b2 = c.b2.as_ref().expect("b2 section");
+    let b2 = c.b2.as_ref().map(b2_section_toml).unwrap_or_default();
     format!(
-        "[b2]\nkey_id = {:?}\napplication_key = {:?}\nbucket = {:?}\nendpoint = {:?}\n\
-         [server]\nlisten = \"{}\"\n\
+        "{b2}[server]\nlisten = \"{}\"\n\
          [cache]\nmemory = {}\ndisk = {}\ndisk_dir = {:?}\nblock_size = {}\n\
          [fetch]\nhedge = {}\nhedge_quantile = {}\n",
-        b2.key_id,
-        b2.application_key,
-        b2.bucket.as_deref().unwrap_or_default(),
-        b2.endpoint,
         c.server.listen,
         c.cache.memory.as_u64(),
         c.cache.disk.as_u64(),
@@ -423,7 +411,7 @@ mod tests {
     #[test]
     fn config_round_trips_through_the_proxy_parser() {
         let c = Config {
-            b2: Some(B2Config {
+            b2: Some(b2_proxy::config::B2Config {
                 key_id: "k".into(),
                 application_key: "s\"q".into(),
                 bucket: Some("b".into()),

@@ -21,7 +21,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use b2_proxy::config::{B2Config, Config};
+use b2_proxy::config::Config;
 use b2_proxy::server::{Proxy, StartError};
 use b2fs_tests::chia::{self, ChiaposOptions, ProverKind, Report};
 use b2fs_tests::emulator::Emulator;
@@ -264,14 +264,7 @@ impl Demo {
             .context("cannot start the B2 emulator")?;
 
         let mut config = Config {
-            b2: Some(B2Config {
-                key_id: emu.key_id().to_owned(),
-                application_key: emu.application_key().to_owned(),
-                bucket: Some(emu.bucket_name().to_owned()),
-                bucket_id: None,
-                prefix: String::new(),
-                endpoint: emu.endpoint().to_owned(),
-            }),
+            b2: Some(emu.proxy_b2_config()),
             ..Config::default()
         };
         config.server.listen = args.listen;

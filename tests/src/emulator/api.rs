@@ -138,7 +138,7 @@ async fn api_call(
     let result = match kind {
         Call::Authorize => authorize(shared, version, &parts),
         Call::ListBuckets => list_buckets(shared, &parts, &params),
-        _ => list_file_names(shared, &parts, &params),
+        _ => list_file_names(shared, version, &parts, &params),
     }?;
     if knobs.faults.on_api
         && let Some(fault) = shared.chaos.fault(&knobs.faults, &Fault::API)
@@ -241,6 +241,7 @@ fn list_buckets(
 
 fn list_file_names(
     shared: &Shared,
+    version: u8,
     parts: &Parts,
     params: &HashMap<String, String>,
 ) -> Result<Value, B2Error> {
@@ -317,6 +318,21 @@ fn list_file_names(
             }),
         })
         .collect();
+    let files = if version == 1 {
+        // v1 file objects also carry `size` (the same as contentLength), which v1 clients read.
+        files
+            .into_iter()
+            .map(|mut f| {
+                if let Some(o) = f.as_object_mut() {
+                    let len = o.get("contentLength").cloned().unwrap_or(Value::from(0));
+                    o.insert("size".into(), len);
+                }
+                f
+            })
+            .collect()
+    } else {
+        files
+    };
     Ok(json!({ "files": files, "nextFileName": next }))
 }
 

@@ -420,6 +420,18 @@ impl std::fmt::Debug for Emulator {
     }
 }
 
+/// A b2-proxy `[b2]` section as TOML (the strings are ASCII credentials, names and URLs, so Rust's quoting is
+/// TOML's).
+pub fn b2_section_toml(b2: &b2_proxy::config::B2Config) -> String {
+    format!(
+        "[b2]\nkey_id = {:?}\napplication_key = {:?}\nbucket = {:?}\nendpoint = {:?}\n",
+        b2.key_id,
+        b2.application_key,
+        b2.bucket.as_deref().unwrap_or_default(),
+        b2.endpoint
+    )
+}
+
 impl Emulator {
     /// A builder with the defaults.
     pub fn builder() -> EmulatorBuilder {
@@ -449,6 +461,23 @@ impl Emulator {
     /// Account id.
     pub fn account_id(&self) -> &str {
         &self.shared.identity.account_id
+    }
+
+    /// The `[b2]` section of a b2-proxy configuration that serves this emulator's bucket.
+    pub fn proxy_b2_config(&self) -> b2_proxy::config::B2Config {
+        b2_proxy::config::B2Config {
+            key_id: self.key_id().to_owned(),
+            application_key: self.application_key().to_owned(),
+            bucket: Some(self.bucket_name().to_owned()),
+            bucket_id: None,
+            prefix: String::new(),
+            endpoint: self.endpoint().to_owned(),
+        }
+    }
+
+    /// The same `[b2]` section as TOML, for a b2-proxy process.
+    pub fn proxy_b2_toml(&self) -> String {
+        b2_section_toml(&self.proxy_b2_config())
     }
 
     /// Bucket name.

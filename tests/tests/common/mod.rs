@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use b2_proxy::config::{B2Config, Config};
+use b2_proxy::config::Config;
 use b2_proxy::server::Proxy;
 use b2fs_tests::emulator::{Emulator, EmulatorBuilder};
 use bytesize::ByteSize;
@@ -22,14 +22,7 @@ pub struct Env {
 /// A proxy configuration for `emu` with small caches and short timeouts suitable for tests.
 pub fn config_for(emu: &Emulator, cache_dir: &Path) -> Config {
     let mut c = Config {
-        b2: Some(B2Config {
-            key_id: emu.key_id().to_string(),
-            application_key: emu.application_key().to_string(),
-            bucket: Some(emu.bucket_name().to_string()),
-            bucket_id: None,
-            prefix: String::new(),
-            endpoint: emu.endpoint().to_string(),
-        }),
+        b2: Some(emu.proxy_b2_config()),
         ..Config::default()
     };
     c.server.listen = "127.0.0.1:0".parse().expect("addr");
@@ -219,13 +212,7 @@ impl ProxyProcess {
             .expect("addr")
             .port();
         let config_path = dir.join("config.toml");
-        let text = format!(
-            "[b2]\nkey_id = \"{}\"\napplication_key = \"{}\"\nbucket = \"{}\"\nendpoint = \"{}\"\n{extra}\n",
-            emu.key_id(),
-            emu.application_key(),
-            emu.bucket_name(),
-            emu.endpoint(),
-        );
+        let text = format!("{}{extra}\n", emu.proxy_b2_toml());
         let text = if text.contains("[server]") {
             text.replace(
                 "[server]",
