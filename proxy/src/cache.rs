@@ -276,7 +276,9 @@ impl BlockCache for FoyerCache {
                     if let Some(refresh) = &self.refresh
                         && refresh.should_rewrite(entry.hash(), value.len())
                     {
-                        self.inner.insert(key, Block(value.clone()));
+                        // To the disk log only (a new sequence, at its head): a memory-tier insert would
+                        // restart the block's S3-FIFO standing.
+                        self.inner.storage().enqueue(entry.piece(), false);
                     }
                     Some((value, tier))
                 }

@@ -290,6 +290,8 @@ async fn sigkill_and_restart_serves_exact_bytes() {
         ),
     )
     .unwrap();
+    // Holds the key: private, as the proxy asks.
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let http = common::http();
     let mut rng = Rng(99);
@@ -405,19 +407,12 @@ async fn hot_blocks_survive_disk_churn_and_sigkill() {
             }
         }
     }
-    let metrics = http
-        .get(format!("{}/metrics", proxy.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let rewritten: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("b2proxy_cache_disk_rewritten_blocks_total "))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0);
+    let rewritten = common::metric(
+        &http,
+        &proxy.base,
+        "b2proxy_cache_disk_rewritten_blocks_total ",
+    )
+    .await;
     assert!(rewritten >= 8.0, "{rewritten} blocks rewritten");
     // Let the writer flush what it has queued; a crash loses only what is still in the write buffer.
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -48,6 +48,10 @@ pub struct HedgeStats {
 
 impl LookupRow {
     pub fn label(&self) -> String {
+        // A comparison system (rclone) has no hedge switch: its variant says everything.
+        if self.path == "rclone" {
+            return format!("rclone mount, {}", self.variant);
+        }
         let mut s = format!(
             "{}, hedge {}",
             self.path,

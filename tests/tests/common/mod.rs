@@ -35,6 +35,22 @@ pub fn config_for(emu: &Emulator, cache_dir: &Path) -> Config {
     c
 }
 
+/// The sum of the samples whose line starts with `name_and_labels` on the proxy at `base`.
+pub async fn metric(http: &reqwest::Client, base: &str, name_and_labels: &str) -> f64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(64)
@@ -134,19 +150,7 @@ impl Env {
     }
 
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .filter(|l| l.starts_with(name_and_labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric(&self.http, &self.base, name_and_labels).await
     }
 }
 
