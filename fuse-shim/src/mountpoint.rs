@@ -12,60 +12,11 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use b2fs_shim::mountinfo::{MountEntry, parse_mountinfo};
 use tracing::{info, warn};
 
 /// How long `stat` of the mount point may take before we call it hung (a live but stuck FUSE mount).
 const STAT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One line of `/proc/self/mountinfo`, the fields we use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    pub mount_point: PathBuf,
-    pub fstype: String,
-    pub source: String,
-}
-
-/// Parse `/proc/self/mountinfo` (see proc(5)): `id parent maj:min root mount_point options [optional...] -
-/// fstype source super_options`. Unparsable lines are skipped.
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let mount_point = fields.get(4)?;
-            let sep = fields.iter().position(|f| *f == "-")?;
-            Some(MountEntry {
-                mount_point: PathBuf::from(unescape(mount_point)),
-                fstype: (*fields.get(sep + 1)?).to_owned(),
-                source: unescape(fields.get(sep + 2)?),
-            })
-        })
-        .collect()
-}
-
-/// Undo mountinfo's octal escapes (`\040` for space, `\011` tab, `\012` newline, `\134` backslash).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
-            if let Ok(byte) = u8::try_from(v) {
-                out.push(byte);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// `stat` in a helper thread, so a hung FUSE mount at the mount point cannot hang our start.
 fn stat_bounded(path: &Path) -> Option<io::Result<std::fs::Metadata>> {
@@ -213,30 +164,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_mountinfo() {
-        let text = "\
-22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-95 22 0:50 / /mnt/my\\040plots rw,nosuid,nodev,relatime shared:50 - fuse.b2fs b2fs ro,user_id=0,group_id=0
-96 22 0:51 / /mnt/root rw,nosuid,nodev - fuse b2fs ro,user_id=0
-garbage line
-";
-        let m = parse_mountinfo(text);
-        assert_eq!(m.len(), 3);
-        assert_eq!(m[0].mount_point, PathBuf::from("/"));
-        assert_eq!(m[0].fstype, "ext4");
-        assert_eq!(m[1].mount_point, PathBuf::from("/mnt/my plots"));
-        assert_eq!(m[1].fstype, "fuse.b2fs");
-        assert_eq!(m[1].source, "b2fs");
+    fn recognises_b2fs_mounts() {
+        let m = parse_mountinfo(
+            "95 22 0:50 / /mnt/p rw - fuse.b2fs b2fs ro\n96 22 0:51 / /mnt/r rw - fuse b2fs ro\n\
+             22 1 8:1 / / rw - ext4 /dev/sda1 rw\n",
+        );
+        assert!(is_b2fs(&m[0]));
         assert!(is_b2fs(&m[1]));
-        assert!(is_b2fs(&m[2]));
-        assert!(!is_b2fs(&m[0]));
-    }
-
-    #[test]
-    fn unescapes_octal() {
-        assert_eq!(unescape("a\\040b\\134c\\011"), "a b\\c\t");
-        assert_eq!(unescape("trailing\\04"), "trailing\\04");
-        assert_eq!(unescape("\\999"), "\\999");
+        assert!(!is_b2fs(&m[2]));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+pub use b2fs_shim::mountinfo::{MountEntry, parse_mountinfo};
 
 /// How file data reaches the shim (its `--cache-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,60 +386,11 @@ fn read_tail(path: &Path, max: u64) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-/// One mount as `/proc/self/mountinfo` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    pub mount_point: PathBuf,
-    pub fstype: String,
-    pub source: String,
-}
-
 /// The mounts of this process's namespace (unreadable or malformed lines are skipped).
 pub fn mounts() -> Vec<MountEntry> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .map(|t| parse_mountinfo(&t))
         .unwrap_or_default()
-}
-
-/// Parses `/proc/self/mountinfo` (proc(5)): `id parent maj:min root mount_point options [optional...] -
-/// fstype source super_options`.
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let sep = fields.iter().position(|f| *f == "-")?;
-            Some(MountEntry {
-                mount_point: PathBuf::from(unescape_octal(fields.get(4)?)),
-                fstype: (*fields.get(sep + 1)?).to_owned(),
-                source: unescape_octal(fields.get(sep + 2)?),
-            })
-        })
-        .collect()
-}
-
-/// Undoes mountinfo's `\ooo` escapes (space, tab, newline, backslash).
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && let Some(digits) = b.get(i + 1..i + 4)
-            && digits.iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = digits
-                .iter()
-                .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-            if let Ok(byte) = u8::try_from(v) {
-                out.push(byte);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether a b2fs FUSE filesystem is mounted at `path` (compared after canonicalizing `path` when
@@ -525,21 +477,6 @@ pub fn proxy_binary() -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_mountinfo_lines() {
-        let text = "\
-22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-95 22 0:50 / /tmp/my\\040mnt rw,nosuid,nodev,relatime shared:50 - fuse.b2fs b2fs ro,user_id=0
-bad
-";
-        let m = parse_mountinfo(text);
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[1].mount_point, PathBuf::from("/tmp/my mnt"));
-        assert_eq!(m[1].fstype, "fuse.b2fs");
-        assert_eq!(m[1].source, "b2fs");
-        assert_eq!(unescape_octal("a\\134b\\04"), "a\\b\\04");
-    }
 
     #[test]
     fn command_line() {
