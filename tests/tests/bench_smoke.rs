@@ -52,6 +52,16 @@ fn bench_all_smoke_prints_every_scenario() {
             "no table row for {scenario}:\n{stdout}"
         );
     }
+    // The comparison column runs where rclone is installed (.ci/run installs it when Debian has it).
+    if b2fs_tests::bench::rclone().is_some() {
+        for mode in ["off", "full"] {
+            let row = format!("| pos1-replay | rclone mount, --vfs-cache-mode {mode} |");
+            assert!(
+                stdout.lines().any(|l| l.starts_with(&row)),
+                "no rclone row for --vfs-cache-mode {mode}:\n{stdout}"
+            );
+        }
+    }
     assert!(
         stdout.contains("### Targets"),
         "no targets table:\n{stdout}"
