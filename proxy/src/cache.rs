@@ -19,13 +19,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use foyer::{
-    BlockEngineConfig, Code, DeviceBuilder, FifoPicker, FsDeviceBuilder, HybridCache,
-    HybridCacheBuilder, HybridCachePolicy, RecoverMode, S3FifoConfig, Source,
+    BlockEngineConfig, Code, DeviceBuilder, EvictionConfig, FifoConfig, FifoPicker,
+    FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy, LfuConfig, LruConfig,
+    RecoverMode, S3FifoConfig, SieveConfig, Source,
 };
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use refresh::DiskRefresh;
+
+use crate::config::Eviction;
 
 /// Largest block value accepted when decoding from disk (the largest configurable block size).
 const MAX_BLOCK: usize = 16 << 20;
@@ -162,6 +165,17 @@ pub struct CacheSettings {
     pub disk_bytes: usize,
     pub disk_dir: std::path::PathBuf,
     pub block_size: usize,
+    pub eviction: Eviction,
+}
+
+fn eviction_config(e: Eviction) -> EvictionConfig {
+    match e {
+        Eviction::S3fifo => S3FifoConfig::default().into(),
+        Eviction::Lru => LruConfig::default().into(),
+        Eviction::Lfu => LfuConfig::default().into(),
+        Eviction::Sieve => SieveConfig {}.into(),
+        Eviction::Fifo => FifoConfig::default().into(),
+    }
 }
 
 /// Memory-tier shards: one per 64 MiB up to 16. Each shard runs its own eviction over its share of the budget,
@@ -202,7 +216,7 @@ impl FoyerCache {
             .with_flush_on_close(true)
             .memory(settings.memory_bytes)
             .with_shards(shards(settings.memory_bytes))
-            .with_eviction_config(S3FifoConfig::default())
+            .with_eviction_config(eviction_config(settings.eviction))
             .with_weighter(|k: &BlockKey, v: &Block| v.0.len() + k.file.len() + ENTRY_OVERHEAD)
             .storage();
         let mut refresh = None;
@@ -361,6 +375,7 @@ mod tests {
             disk_bytes: 16 << 20,
             disk_dir: dir.path().to_path_buf(),
             block_size: 4096,
+            eviction: Eviction::default(),
         };
         let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
         let cache = FoyerCache::open(&settings, metrics.clone())

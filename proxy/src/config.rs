@@ -162,6 +162,42 @@ pub struct CacheConfig {
     /// Size of the aligned blocks that are cached and fetched.
     #[serde(default = "default_block_size")]
     pub block_size: ByteSize,
+    /// Eviction policy of the memory tier.
+    #[serde(default)]
+    pub eviction: Eviction,
+}
+
+/// Memory-tier eviction policies (foyer's). S3-FIFO is the default, chosen by measurement (README, "Cache
+/// settings"); the others are there to compare on one's own traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Eviction {
+    #[default]
+    S3fifo,
+    Lru,
+    Lfu,
+    Sieve,
+    Fifo,
+}
+
+impl Eviction {
+    pub const ALL: [Eviction; 5] = [
+        Eviction::S3fifo,
+        Eviction::Lru,
+        Eviction::Lfu,
+        Eviction::Sieve,
+        Eviction::Fifo,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Eviction::S3fifo => "s3fifo",
+            Eviction::Lru => "lru",
+            Eviction::Lfu => "lfu",
+            Eviction::Sieve => "sieve",
+            Eviction::Fifo => "fifo",
+        }
+    }
 }
 
 fn default_memory() -> ByteSize {
@@ -184,6 +220,7 @@ impl Default for CacheConfig {
             disk_dir: default_disk_dir(),
             disk: default_disk(),
             block_size: default_block_size(),
+            eviction: Eviction::default(),
         }
     }
 }
@@ -571,6 +608,17 @@ mod tests {
             c.b2.as_ref().map(|b| b.endpoint.as_str()),
             Some(DEFAULT_ENDPOINT)
         );
+    }
+
+    #[test]
+    fn eviction_policy_by_name() {
+        assert_eq!(parse_ok(MIN).cache.eviction, Eviction::S3fifo);
+        for e in Eviction::ALL {
+            let c = parse_ok(&format!("{MIN}[cache]\neviction = \"{}\"\n", e.name()));
+            assert_eq!(c.cache.eviction, e);
+        }
+        let e = err_of(&format!("{MIN}[cache]\neviction = \"arc\"\n"));
+        assert!(e.contains("eviction"), "{e}");
     }
 
     #[test]

@@ -109,6 +109,7 @@ impl Proxy {
                     disk_bytes: config.cache.disk.as_u64() as usize,
                     disk_dir: config.cache.disk_dir.clone(),
                     block_size: config.cache.block_size.as_u64() as usize,
+                    eviction: config.cache.eviction,
                 },
                 metrics.clone(),
             )

@@ -52,6 +52,7 @@ fn fixture() -> Fixture {
                     disk_bytes: 0,
                     disk_dir: dir.path().join("cache"),
                     block_size: 64 << 10,
+                    eviction: Default::default(),
                 },
                 metrics.clone(),
             )

@@ -44,7 +44,15 @@ fn bench_all_smoke_prints_every_scenario() {
         status.success(),
         "b2fs-bench exited with {status}:\n{stdout}"
     );
-    for scenario in ["micro", "pos1-replay", "tail", "chiapos", "pos2", "farm"] {
+    for scenario in [
+        "micro",
+        "pos1-replay",
+        "tail",
+        "chiapos",
+        "pos2",
+        "farm",
+        "eviction",
+    ] {
         assert!(
             stdout
                 .lines()

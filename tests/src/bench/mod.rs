@@ -11,6 +11,7 @@
 
 pub mod chia_scen;
 pub mod dist;
+pub mod eviction;
 pub mod farm;
 pub mod floor;
 pub mod micro;
@@ -56,16 +57,19 @@ pub enum Scenario {
     Pos2,
     /// 10,000 virtual plots: catalog load, `ls`, proxy memory, a harvester loop.
     Farm,
+    /// Memory-tier eviction policies replaying a harvester's block trace (no network).
+    Eviction,
 }
 
 impl Scenario {
-    pub const ORDER: [Scenario; 6] = [
+    pub const ORDER: [Scenario; 7] = [
         Scenario::Micro,
         Scenario::Pos1Replay,
         Scenario::Tail,
         Scenario::Chiapos,
         Scenario::Pos2,
         Scenario::Farm,
+        Scenario::Eviction,
     ];
 
     pub fn name(self) -> &'static str {
@@ -77,6 +81,7 @@ impl Scenario {
             Scenario::Chiapos => "chiapos",
             Scenario::Pos2 => "pos2",
             Scenario::Farm => "farm",
+            Scenario::Eviction => "eviction",
         }
     }
 }
@@ -678,6 +683,26 @@ async fn scenario_pos1(ctx: &Ctx, floors: &Floors, report: &mut Report) -> anyho
     Ok(())
 }
 
+async fn scenario_eviction(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let trace = eviction::Trace::new(ctx.opts.smoke, ctx.opts.seed);
+    for policy in b2_proxy::config::Eviction::ALL {
+        progress(format!(
+            "eviction: {} over {} lookups of {} plots",
+            policy.name(),
+            trace.lookups,
+            trace.plots
+        ));
+        report.eviction.push(eviction::replay(policy, trace).await?);
+    }
+    report.notes.push(format!(
+        "eviction: each lookup opens a random plot (header and C2 blocks), reads one of its {} C1 blocks, a C3 park \
+         and 7 cold blocks per proof (Poisson(1)); every {} lookups a scan streams the memory tier's size of new \
+         blocks through the cache",
+        eviction::C1_BLOCKS, trace.scan_every
+    ));
+    Ok(())
+}
+
 async fn scenario_tail(ctx: &Ctx, floors: &Floors, report: &mut Report) -> anyhow::Result<()> {
     let model = ctx.tail_model();
     let f = (&floors.tail_quality, &floors.tail_proof);
@@ -1102,6 +1127,7 @@ pub async fn run(opts: Opts) -> ExitCode {
             Scenario::Chiapos => chia_scen::chiapos(&ctx, &mut report).await,
             Scenario::Pos2 => chia_scen::pos2(&ctx, &floors, &mut report).await,
             Scenario::Farm => scenario_farm(&ctx, &mut report).await,
+            Scenario::Eviction => scenario_eviction(&ctx, &mut report).await,
             Scenario::All => Ok(()),
         };
         match result {

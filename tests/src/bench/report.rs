@@ -65,6 +65,22 @@ impl LookupRow {
     }
 }
 
+/// One memory-tier eviction policy replaying the harvester block trace.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvictionRow {
+    pub policy: String,
+    pub memory_mib: f64,
+    pub plots: u64,
+    pub lookups: usize,
+    pub reads_per_lookup: f64,
+    /// Dependent upstream round trips per lookup.
+    pub misses_per_lookup: f64,
+    /// Hits among the reads every open makes (header, C2).
+    pub open_hit_ratio: f64,
+    pub scan_blocks: u64,
+    pub replay_ms: f64,
+}
+
 /// One row of the cached-read micro benchmark.
 #[derive(Debug, Clone, Serialize)]
 pub struct MicroRow {
@@ -148,6 +164,7 @@ pub struct Report {
     pub lookups: Vec<LookupRow>,
     pub micro: Vec<MicroRow>,
     pub farm: Option<FarmReport>,
+    pub eviction: Vec<EvictionRow>,
     pub targets: Vec<Target>,
     /// Scenarios that failed.
     pub errors: Vec<Problem>,
@@ -323,6 +340,35 @@ impl Report {
                     m.reads_per_sec,
                     m.mib_per_sec,
                     m.upstream_requests
+                );
+            }
+        }
+        if !self.eviction.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n### Memory-tier eviction (harvester block trace, memory tier only)\n"
+            );
+            let _ = writeln!(
+                o,
+                "| scenario | policy | memory | plots | lookups | reads per lookup | upstream round trips per lookup | open hit ratio | scan blocks | replay time |"
+            );
+            let _ = writeln!(
+                o,
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            );
+            for e in &self.eviction {
+                let _ = writeln!(
+                    o,
+                    "| eviction | {} | {:.0} MiB | {} | {} | {:.2} | {:.3} | {:.1}% | {} | {:.0} ms |",
+                    e.policy,
+                    e.memory_mib,
+                    e.plots,
+                    e.lookups,
+                    e.reads_per_lookup,
+                    e.misses_per_lookup,
+                    e.open_hit_ratio * 100.0,
+                    e.scan_blocks,
+                    e.replay_ms
                 );
             }
         }
