@@ -5,9 +5,9 @@
 //! and evicts with S3-FIFO (scan-resistant: a block read once leaves through the small queue, so a stream of
 //! cold reads cannot push out the plot headers and tables that every lookup reads again); the disk tier (foyer's
 //! block engine on a directory) is written on insertion, so a crash loses at most the last moments of fetches,
-//! and survives restarts. Its regions are evicted in FIFO order; a block read when its disk copy is half a disk
-//! old is written again (`refresh`), so headers and indexes read at every open stay on disk through scans and
-//! crashes.
+//! and survives restarts. Its regions are evicted in FIFO order; a block read when its disk copy is a quarter of
+//! the disk old is written again (`refresh`), so headers and indexes read at every open stay on disk through
+//! scans and crashes.
 //! foyer checksums every disk entry; on top of that a block read back must have exactly the expected length, or
 //! it is dropped and fetched again.
 
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use foyer::{
-    BlockEngineConfig, Code, DeviceBuilder, EvictionConfig, FifoConfig, FifoPicker,
+    Age, BlockEngineConfig, Code, DeviceBuilder, EvictionConfig, FifoConfig, FifoPicker,
     FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy, LfuConfig, LruConfig,
     RecoverMode, S3FifoConfig, SieveConfig, Source,
 };
@@ -290,9 +290,14 @@ impl BlockCache for FoyerCache {
                     if let Some(refresh) = &self.refresh
                         && refresh.should_rewrite(entry.hash(), value.len())
                     {
-                        // To the disk log only (a new sequence, at its head): a memory-tier insert would
-                        // restart the block's S3-FIFO standing.
-                        self.inner.storage().enqueue(entry.piece(), false);
+                        if entry.properties().age() == Age::Young {
+                            // Loaded from disk: foyer skips enqueueing such an entry, so insert it anew.
+                            self.inner.insert(key, Block(value.clone()));
+                        } else {
+                            // To the disk log only (a new sequence, at its head): a memory-tier insert would
+                            // restart the block's S3-FIFO standing.
+                            self.inner.storage().enqueue(entry.piece(), false);
+                        }
                     }
                     Some((value, tier))
                 }

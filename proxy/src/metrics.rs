@@ -138,7 +138,7 @@ impl Metrics {
             cache_disk_rewritten_blocks: counter(
                 &r,
                 "cache_disk_rewritten_blocks_total",
-                "Blocks read when their disk copy was half a disk old, written again so they stay on disk",
+                "Blocks read when their disk copy was a quarter of the disk old, written again so they stay on disk",
             )?,
             cache_disk_rewritten_bytes: counter(
                 &r,
