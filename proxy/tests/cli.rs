@@ -130,3 +130,43 @@ fn world_readable_secrets_are_warned() {
         assert!(!err.contains("secretsecret"));
     }
 }
+
+/// The shipped example is valid as written and documents every key the proxy reads.
+#[test]
+fn shipped_example_config_is_valid_and_complete() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config.example.toml");
+    let text = std::fs::read_to_string(path).expect("deploy/config.example.toml");
+    let (code, _, err) = run(&text, &[]);
+    assert_eq!(code, 0, "{err}");
+    let defaults = toml::Value::try_from(b2_proxy::config::Config::default()).expect("serializes");
+    let mut keys: Vec<String> = [
+        "key_id",
+        "application_key",
+        "bucket",
+        "bucket_id",
+        "prefix",
+        "endpoint",
+        "dir",
+    ]
+    .map(String::from)
+    .to_vec();
+    for (section, table) in defaults.as_table().expect("table") {
+        let table = table
+            .as_table()
+            .unwrap_or_else(|| panic!("[{section}] is a table"));
+        assert!(
+            text.contains(&format!("[{section}]")),
+            "[{section}] missing"
+        );
+        keys.extend(table.keys().cloned());
+    }
+    for key in keys {
+        assert!(
+            text.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
+            }),
+            "deploy/config.example.toml does not document `{key}`"
+        );
+    }
+}
