@@ -1054,8 +1054,14 @@ pub async fn run(opts: Opts) -> ExitCode {
         tail_quality: floor::floor(&floor::POS1_QUALITY_ROUNDS, &tail, trials, seed + 3),
         tail_proof: floor::floor(&floor::POS1_PROOF_ROUNDS, &tail, trials, seed + 4),
     })
-    .await
-    .expect("floor computation");
+    .await;
+    let floors = match floors {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("b2fs-bench: the floor computation failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let selected = opts.selected();
     let mut report = Report {
         date: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -1146,7 +1152,13 @@ pub async fn run(opts: Opts) -> ExitCode {
         .notes
         .push(format!("total run time {:.0?}", started.elapsed()));
     println!("{}", report.markdown());
-    let json = serde_json::to_string_pretty(&report).expect("report serializes");
+    let json = match serde_json::to_string_pretty(&report) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("b2fs-bench: cannot serialize the report: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!("```json\n{json}\n```");
     if let Some(path) = &opts.json
         && let Err(e) = std::fs::write(path, &json)

@@ -1,6 +1,7 @@
 //! The system under test, built and torn down by the benchmark: the B2 emulator (in-process), a b2-proxy (as
 //! its own process by default, or in-process) pointed at it, and optionally a b2fs-shim mount of the proxy.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -181,12 +182,12 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
         .context("cannot build the HTTP client")
 }
 
-fn proxy_config(emu: &Emulator, dir: &Path, listen: &str, s: &ProxySettings) -> Config {
+fn proxy_config(emu: &Emulator, dir: &Path, listen: SocketAddr, s: &ProxySettings) -> Config {
     let mut c = Config {
         b2: Some(emu.proxy_b2_config()),
         ..Config::default()
     };
-    c.server.listen = listen.parse().expect("valid listen address");
+    c.server.listen = listen;
     c.cache.memory = s.memory;
     c.cache.disk = s.disk;
     c.cache.disk_dir = dir.join("cache");
@@ -240,7 +241,12 @@ impl Stack {
         let started = Instant::now();
         let (proxy, base) = match mode {
             ProxyMode::Inproc => {
-                let config = proxy_config(&emu, dir.path(), "127.0.0.1:0", settings);
+                let config = proxy_config(
+                    &emu,
+                    dir.path(),
+                    SocketAddr::from(([127, 0, 0, 1], 0)),
+                    settings,
+                );
                 let proxy = Proxy::start(&config)
                     .await
                     .map_err(|e| anyhow::anyhow!("in-process proxy: {e}"))?;
@@ -249,7 +255,12 @@ impl Stack {
             }
             ProxyMode::Process => {
                 let port = free_port()?;
-                let config = proxy_config(&emu, dir.path(), &format!("127.0.0.1:{port}"), settings);
+                let config = proxy_config(
+                    &emu,
+                    dir.path(),
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                    settings,
+                );
                 let cfg_path = dir.path().join("proxy.toml");
                 std::fs::write(&cfg_path, config_toml(&config))?;
                 let log = dir.path().join("proxy.log");
