@@ -495,6 +495,23 @@ async fn serve_dir(dir: &Path) -> (Env, TestMount) {
     (env, m)
 }
 
+/// Runs a real prover's lookups on the local plot and on its mounted copy, off the runtime (the provers
+/// block), and returns both results.
+async fn local_and_mounted<R: Send + 'static>(
+    local: &Path,
+    mounted: &Path,
+    lookups: impl Fn(&Path) -> anyhow::Result<R> + Send + 'static,
+) -> (R, R) {
+    let (local, mounted) = (local.to_path_buf(), mounted.to_path_buf());
+    let (l, m) = tokio::task::spawn_blocking(move || (lookups(&local), lookups(&mounted)))
+        .await
+        .expect("join");
+    (
+        l.unwrap_or_else(|e| panic!("local plot: {e:#}")),
+        m.unwrap_or_else(|e| panic!("mounted plot: {e:#}")),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chiapos_proofs_through_the_mount_match_local_disk() {
     // Fails (never skips) without the venv, with the command that creates it.
@@ -519,19 +536,10 @@ async fn chiapos_proofs_through_the_mount_match_local_disk() {
         full_proofs: true,
         parallel_read: true,
     };
-    let (local, remote) = tokio::task::spawn_blocking({
-        let (local_path, mounted) = (plot.path.clone(), mounted.clone());
-        move || {
-            (
-                chia::chiapos_lookups(&local_path, &challenges, options),
-                chia::chiapos_lookups(&mounted, &challenges, options),
-            )
-        }
+    let (local, remote) = local_and_mounted(&plot.path, &mounted, move |p| {
+        chia::chiapos_lookups(p, &challenges, options)
     })
-    .await
-    .expect("join");
-    let local = local.unwrap_or_else(|e| panic!("{e:#}"));
-    let remote = remote.unwrap_or_else(|e| panic!("{e:#}"));
+    .await;
     local
         .assert_same_results(&remote)
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -568,19 +576,10 @@ async fn chia_pos2_proofs_through_the_mount_match_local_disk() {
     let mounted = m.join("plot-k18.gplot");
 
     let challenges = chia::challenges(2, 16);
-    let (local, remote) = tokio::task::spawn_blocking({
-        let (local_path, mounted) = (plot.path.clone(), mounted.clone());
-        move || {
-            (
-                chia::pos2_lookups(&local_path, &challenges, true),
-                chia::pos2_lookups(&mounted, &challenges, true),
-            )
-        }
+    let (local, remote) = local_and_mounted(&plot.path, &mounted, move |p| {
+        chia::pos2_lookups(p, &challenges, true)
     })
-    .await
-    .expect("join");
-    let local = local.unwrap_or_else(|e| panic!("{e:#}"));
-    let remote = remote.unwrap_or_else(|e| panic!("{e:#}"));
+    .await;
     local
         .assert_same_results(&remote)
         .unwrap_or_else(|e| panic!("{e:#}"));
