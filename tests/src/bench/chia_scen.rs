@@ -17,6 +17,7 @@ use super::report::{LookupRow, Problem, Report};
 use super::stack::{ProxySettings, Stack};
 use super::{Ctx, Floors, progress, unmount};
 use crate::chia::{self, ChiaposOptions};
+use crate::mount::Mount;
 
 /// `target/b2fs-bench-plots/<name>/`, next to the bench's profile directory.
 fn plot_cache(ctx: &Ctx, name: &str) -> anyhow::Result<PathBuf> {
@@ -54,6 +55,28 @@ async fn cached_plot(
     .await?
 }
 
+/// The plot directory served by the emulator, a proxy whose memory cache is `--chia-cache` (disk tier off, so
+/// a small plot is not simply all cached) and a mount of it.
+async fn serve_plots(ctx: &Ctx, dir: &Path) -> anyhow::Result<(Stack, Mount)> {
+    let stack = ctx
+        .stack(
+            ctx.emulator(&ctx.model).dir(dir),
+            &ProxySettings {
+                memory: ctx.opts.chia_cache,
+                disk: bytesize::ByteSize::b(0),
+                ..ctx.proxy_settings()
+            },
+        )
+        .await?;
+    match ctx.mount(&stack).await {
+        Ok(m) => Ok((stack, m)),
+        Err(e) => {
+            stack.shutdown().await;
+            Err(e)
+        }
+    }
+}
+
 fn durations_ms(d: impl Iterator<Item = Duration>) -> Vec<f64> {
     d.map(|d| d.as_secs_f64() * 1e3).collect()
 }
@@ -82,23 +105,7 @@ pub async fn chiapos(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         Ok(chia::create_chiapos_plot(tmp, f, k, seed)?.path)
     })
     .await?;
-    let stack = ctx
-        .stack(
-            ctx.emulator(&ctx.model).dir(&dir),
-            &ProxySettings {
-                memory: o.chia_cache,
-                disk: bytesize::ByteSize::b(0),
-                ..ctx.proxy_settings()
-            },
-        )
-        .await?;
-    let mount = match ctx.mount(&stack).await {
-        Ok(m) => m,
-        Err(e) => {
-            stack.shutdown().await;
-            return Err(e);
-        }
-    };
+    let (stack, mount) = serve_plots(ctx, &dir).await?;
     let remote = mount.join(&file);
     let result = async {
         let mut rows = Vec::new();
@@ -188,23 +195,7 @@ pub async fn pos2(ctx: &Ctx, floors: &Floors, report: &mut Report) -> anyhow::Re
         Ok(chia::create_pos2_plot(&tmp.join(f), k, 2, seed)?.path)
     })
     .await?;
-    let stack = ctx
-        .stack(
-            ctx.emulator(&ctx.model).dir(&dir),
-            &ProxySettings {
-                memory: o.chia_cache,
-                disk: bytesize::ByteSize::b(0),
-                ..ctx.proxy_settings()
-            },
-        )
-        .await?;
-    let mount = match ctx.mount(&stack).await {
-        Ok(m) => m,
-        Err(e) => {
-            stack.shutdown().await;
-            return Err(e);
-        }
-    };
+    let (stack, mount) = serve_plots(ctx, &dir).await?;
     let remote = mount.join(&file);
     let result = async {
         let challenges = chia::challenges(seed.wrapping_mul(1000) + 21, n);
