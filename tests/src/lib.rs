@@ -6,3 +6,4 @@ pub mod bench;
 pub mod chia;
 pub mod emulator;
 pub mod mount;
+pub mod siblings;

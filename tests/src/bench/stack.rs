@@ -44,39 +44,13 @@ pub fn binaries(build: bool) -> anyhow::Result<Binaries> {
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir.pop();
     }
-    if build && let Ok(cargo) = std::env::var("CARGO") {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("workspace root")?;
-        let profile = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut cmd = Command::new(cargo);
-        cmd.arg("build")
-            .arg("--manifest-path")
-            .arg(root.join("Cargo.toml"))
-            .args(["-p", "b2-proxy", "--bin", "b2-proxy"])
-            .args(["-p", "b2fs-shim", "--bin", "b2fs-shim"])
-            // The chia-pos2 prover tool (it cannot be linked into a binary with b2-proxy).
-            .args(["-p", "b2fs-tests", "--bin", "b2fs-pos2"]);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        eprintln!("b2fs-bench: building b2-proxy, b2fs-shim and b2fs-pos2 ({profile} profile)");
-        let status = cmd
-            .stdout(Stdio::null())
-            .status()
-            .context("cannot run cargo build")?;
-        if !status.success() {
-            bail!("cargo build of b2-proxy, b2fs-shim and b2fs-pos2 failed ({status})");
-        }
+    if build {
+        // The chia-pos2 prover tool too (it cannot be linked into a binary with b2-proxy).
+        crate::siblings::build(&[
+            ("b2-proxy", "b2-proxy"),
+            ("b2fs-shim", "b2fs-shim"),
+            ("b2fs-tests", "b2fs-pos2"),
+        ])?;
     }
     let bins = Binaries {
         proxy: dir.join("b2-proxy"),

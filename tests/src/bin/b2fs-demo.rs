@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -623,43 +623,8 @@ impl Drop for WorkDir {
 
 /// Started by `cargo run`: build the binaries we spawn (a no-op when fresh), with this binary's profile.
 fn ensure_binaries(no_build: bool) -> Result<()> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let cargo = std::env::var_os("CARGO");
-    if let (false, Some(cargo), true) = (no_build, cargo, manifest.is_file()) {
-        let exe = std::env::current_exe().context("cannot find this executable")?;
-        let profile = exe
-            .parent()
-            .and_then(|d| d.file_name())
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_owned();
-        let mut cmd = Command::new(cargo);
-        cmd.arg("build").arg("--manifest-path").arg(&manifest);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        cmd.args([
-            "-p",
-            "b2fs-shim",
-            "-p",
-            "b2fs-tests",
-            "--bin",
-            "b2fs-shim",
-            "--bin",
-            "b2fs-pos2",
-        ]);
-        println!("building b2fs-shim and b2fs-pos2 ({profile}) ...");
-        let status = cmd.status().context("cannot run cargo")?;
-        ensure!(
-            status.success(),
-            "cargo build of b2fs-shim and b2fs-pos2 failed ({status})"
-        );
+    if !no_build {
+        b2fs_tests::siblings::build(&[("b2fs-shim", "b2fs-shim"), ("b2fs-tests", "b2fs-pos2")])?;
     }
     mount::shim_binary()?;
     chia::pos2_tool()?;
