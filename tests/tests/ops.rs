@@ -71,15 +71,7 @@ async fn dashboard_queries_only_exported_metrics() {
     // Some traffic: a miss, a hit.
     env.assert_range("a.plot", 0, 8191).await;
     env.assert_range("a.plot", 0, 8191).await;
-    let exposition = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exposition = common::get_text(env.http.get(format!("{}/metrics", env.base))).await;
     let exported: BTreeSet<&str> = exposition
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -199,15 +191,11 @@ async fn secrets_never_reach_logs_metrics_or_health() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let auth = format!("Bearer {TOKEN}");
-        let metrics = http
-            .get(format!("{base}/metrics"))
-            .header("Authorization", &auth)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = common::get_text(
+            http.get(format!("{base}/metrics"))
+                .header("Authorization", &auth),
+        )
+        .await;
         let read = http
             .get(format!("{base}/files/a.plot"))
             .header("Authorization", &auth)

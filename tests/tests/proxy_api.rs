@@ -270,12 +270,7 @@ async fn each_fault_kind_is_retried_to_exact_bytes() {
                 .await;
         }
         let s = env.emu.stats();
-        let injected = s.faults.service_unavailable
-            + s.faults.too_many_requests
-            + s.faults.internal_error
-            + s.faults.reset
-            + s.faults.truncated
-            + s.faults.wrong_range;
+        let injected = s.faults.injected();
         assert!(injected > 0, "{fault:?}: no fault injected");
         let retries = env.metric("b2proxy_upstream_retries_total").await;
         assert!(

@@ -95,12 +95,7 @@ async fn fault_soak_over_http() {
         ok as f64 >= total as f64 * 0.98,
         "only {ok} of {total} served"
     );
-    let injected = s.faults.service_unavailable
-        + s.faults.too_many_requests
-        + s.faults.internal_error
-        + s.faults.reset
-        + s.faults.truncated
-        + s.faults.wrong_range;
+    let injected = s.faults.injected();
     assert!(
         injected > 0 && s.requests.authorize >= 2,
         "the soak did not exercise faults and token renewal"

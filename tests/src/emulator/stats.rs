@@ -67,6 +67,18 @@ pub struct FaultCounts {
     pub offline: u64,
 }
 
+impl FaultCounts {
+    /// Injected faults of every kind (outage answers excluded).
+    pub fn injected(&self) -> u64 {
+        self.service_unavailable
+            + self.too_many_requests
+            + self.internal_error
+            + self.reset
+            + self.truncated
+            + self.wrong_range
+    }
+}
+
 /// One download served (GET with a body; faults included).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeRecord {

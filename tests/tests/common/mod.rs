@@ -35,16 +35,18 @@ pub fn config_for(emu: &Emulator, cache_dir: &Path) -> Config {
     c
 }
 
+/// The body of `req`'s answer as text (panics with the URL on a transport error).
+pub async fn get_text(req: reqwest::RequestBuilder) -> String {
+    let r = req.send().await.expect("request");
+    let url = r.url().clone();
+    r.text()
+        .await
+        .unwrap_or_else(|e| panic!("body of {url}: {e}"))
+}
+
 /// The sum of the samples whose line starts with `name_and_labels` on the proxy at `base`.
 pub async fn metric(http: &reqwest::Client, base: &str, name_and_labels: &str) -> f64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = get_text(http.get(format!("{base}/metrics"))).await;
     text.lines()
         .filter(|l| l.starts_with(name_and_labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
