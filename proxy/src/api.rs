@@ -163,7 +163,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "reason": reason,
         "upstream": state.source.describe(),
         "authorized": src.authorized,
-        "upstream_circuit": if state.fetcher.upstream_circuit_open() { "open" } else { "closed" },
+        "upstream_circuit": if state.fetcher.upstream().circuit_open() { "open" } else { "closed" },
         "upstream_error": src.last_error,
         "catalog": {
             "loaded": cat.loaded,
@@ -208,19 +208,26 @@ fn file_headers(obj: &ObjectInfo, len: u64) -> HeaderMap {
 /// Maps a failed fetch to the status the contract names (the shim turns any of them into EIO).
 fn fetch_error_response(e: &FetchError) -> Response {
     let status = match e {
-        FetchError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        FetchError::OutOfRange { .. } | FetchError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        // Failing fast, shutting down: the upstream is unavailable, whatever the last attempt saw.
+        FetchError::Upstream(UpstreamError::CircuitOpen { .. } | UpstreamError::ShuttingDown) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         FetchError::Upstream(u) => match u.root() {
-            UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Timeout(_) | UpstreamError::Deadline { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             UpstreamError::Connect(_)
             | UpstreamError::Changed(_)
             | UpstreamError::NotFound(_)
-            | UpstreamError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | UpstreamError::CircuitOpen { .. }
+            | UpstreamError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamError::Status { status: 503, .. }
             | UpstreamError::Status { status: 429, .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         },
     };
-    text(status, format!("upstream read failed: {e}"))
+    text(status, format!("upstream read failed: {}", e.report()))
 }
 
 async fn get_file(
@@ -338,7 +345,7 @@ fn stream_body(
                 Err(e) => {
                     tracing::warn!(file = %obj.name, pos, error = %e, "aborting streamed response");
                     // Ending the stream with an error makes hyper abort the connection mid-body.
-                    Some((Err(std::io::Error::other(e.to_string())), end))
+                    Some((Err(std::io::Error::other(e.report())), end))
                 }
             }
         }

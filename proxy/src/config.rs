@@ -240,9 +240,20 @@ pub struct FetchConfig {
     /// Timeout of one upstream attempt.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// Total time a request may spend on retries before it fails.
-    #[serde(default = "default_retry_deadline", with = "humantime_serde")]
-    pub retry_deadline: Duration,
+    /// A read that needs upstream fails after this, whatever upstream does: queueing, attempts and backoff
+    /// included. Well under a harvester's 8 s warning. (`retry_deadline` is the old name.)
+    #[serde(
+        default = "default_read_deadline",
+        with = "humantime_serde",
+        alias = "retry_deadline"
+    )]
+    pub read_deadline: Duration,
+    /// Outage-like upstream failures in a row (over at least 500 ms) that open the circuit.
+    #[serde(default = "default_breaker_threshold")]
+    pub breaker_threshold: u32,
+    /// While the circuit is open, a background probe is sent this often; its success closes the circuit.
+    #[serde(default = "default_breaker_cooldown", with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
     /// Re-issue a slow upstream request; the first complete answer wins.
     #[serde(default = "default_true")]
     pub hedge: bool,
@@ -283,10 +294,16 @@ fn default_max_concurrency() -> usize {
     64
 }
 fn default_timeout() -> Duration {
-    Duration::from_secs(10)
+    Duration::from_secs(3)
 }
-fn default_retry_deadline() -> Duration {
-    Duration::from_secs(20)
+fn default_read_deadline() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_breaker_threshold() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> Duration {
+    Duration::from_secs(2)
 }
 fn default_true() -> bool {
     true
@@ -299,7 +316,9 @@ impl Default for FetchConfig {
             readahead_max: default_readahead_max(),
             max_concurrency: default_max_concurrency(),
             timeout: default_timeout(),
-            retry_deadline: default_retry_deadline(),
+            read_deadline: default_read_deadline(),
+            breaker_threshold: default_breaker_threshold(),
+            breaker_cooldown: default_breaker_cooldown(),
             hedge: true,
             hedge_quantile: default_hedge_quantile(),
             hedge_floor: default_hedge_floor(),
@@ -528,9 +547,15 @@ impl Config {
         if self.fetch.timeout < Duration::from_millis(100) {
             return Err(invalid("fetch.timeout", "must be at least 100ms"));
         }
-        if self.fetch.retry_deadline < self.fetch.timeout {
+        if self.fetch.breaker_threshold == 0 {
+            return Err(invalid("fetch.breaker_threshold", "must be at least 1"));
+        }
+        if self.fetch.breaker_cooldown < Duration::from_millis(100) {
+            return Err(invalid("fetch.breaker_cooldown", "must be at least 100ms"));
+        }
+        if self.fetch.read_deadline < self.fetch.timeout {
             return Err(invalid(
-                "fetch.retry_deadline",
+                "fetch.read_deadline",
                 "must be at least fetch.timeout",
             ));
         }

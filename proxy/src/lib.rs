@@ -2,16 +2,20 @@
 //! (Chia harvesters). See the README for the user view and `DESIGN.md` for the contract.
 //!
 //! Read path: [`api`] (HTTP) -> [`catalog`] (name -> file version) -> [`fetch`] (single-flight, coalescing,
-//! read-ahead) -> [`cache`] (memory + disk tiers) or [`hedge`] -> [`upstream`] (B2 or a local directory).
+//! read-ahead) -> [`cache`] (memory + disk tiers), or on a miss [`policy`] (breaker, deadline, retries,
+//! hedging, concurrency) -> [`upstream`] (one verified attempt at B2, a local directory, or a mock).
+//! Each layer imports only the layers below it; [`sync`] and [`metrics`] are used by all.
 
 pub mod api;
-pub mod breaker;
 pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod fetch;
-pub mod hedge;
 pub mod metrics;
+pub mod policy;
 pub mod range;
 pub mod server;
+pub mod sync;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod upstream;

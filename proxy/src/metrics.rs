@@ -19,6 +19,13 @@ const LATENCY_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// B2's transaction classes: B for downloads, C for authorize and list calls (class A calls are free).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxClass {
+    B,
+    C,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub requests: IntCounterVec,
@@ -36,6 +43,7 @@ pub struct Metrics {
     pub upstream_bytes: IntCounter,
     pub upstream_retries: IntCounterVec,
     pub upstream_inflight: IntGauge,
+    pub upstream_circuit_state: IntGauge,
     pub upstream_connections: IntCounter,
     pub hedges_issued: IntCounter,
     pub hedges_won: IntCounter,
@@ -154,7 +162,7 @@ impl Metrics {
             upstream_requests: counter_vec(
                 &r,
                 "upstream_requests_total",
-                "Upstream requests by operation and HTTP status (or error kind)",
+                "Upstream requests by operation and outcome: the HTTP status, an error kind, or `cancelled` (dropped before an answer: a hedge loser, an attempt past its timeout or the read deadline)",
                 &["op", "status"],
             )?,
             upstream_duration: histogram_vec(
@@ -175,6 +183,11 @@ impl Metrics {
                 &["reason"],
             )?,
             upstream_inflight: int_gauge(&r, "upstream_inflight", "Upstream requests in flight")?,
+            upstream_circuit_state: int_gauge(
+                &r,
+                "upstream_circuit_state",
+                "Upstream circuit breaker: 0 closed (misses go upstream), 1 open (misses fail fast until a background probe succeeds)",
+            )?,
             upstream_connections: counter(
                 &r,
                 "upstream_connections_opened_total",
@@ -242,7 +255,7 @@ impl Metrics {
             fetch_errors: counter_vec(
                 &r,
                 "fetch_errors_total",
-                "Reads that failed after retries, by reason",
+                "Upstream reads that failed, by reason: the last attempt's cause, or `deadline` (fetch.read_deadline passed), or `circuit_open` (failed fast)",
                 &["reason"],
             )?,
             registry: r,
@@ -276,9 +289,20 @@ impl Metrics {
         for op in ["download", "list_file_names", "authorize"] {
             self.upstream_duration.with_label_values(&[op]);
         }
-        self.upstream_requests
-            .with_label_values(&["download", "206"]);
-        self.fetch_errors.with_label_values(&["exhausted"]);
+        for outcome in ["206", "cancelled"] {
+            self.upstream_requests
+                .with_label_values(&["download", outcome]);
+        }
+        for reason in [
+            "timeout",
+            "connect",
+            "5xx",
+            "deadline",
+            "circuit_open",
+            "not_found",
+        ] {
+            self.fetch_errors.with_label_values(&[reason]);
+        }
         self.cache_errors.with_label_values(&["read"]);
         for outcome in ["hit_memory", "hit_disk", "miss", "error"] {
             self.requests.with_label_values(&["file", outcome]);
@@ -288,11 +312,10 @@ impl Metrics {
     }
 
     /// Counts one billable B2 transaction and its estimated price.
-    pub fn b2_transaction(&self, class: char) {
-        let (label, price) = if class == 'B' {
-            ("B", CLASS_B_PRICE)
-        } else {
-            ("C", CLASS_C_PRICE)
+    pub fn b2_transaction(&self, class: TxClass) {
+        let (label, price) = match class {
+            TxClass::B => ("B", CLASS_B_PRICE),
+            TxClass::C => ("C", CLASS_C_PRICE),
         };
         self.b2_transactions.with_label_values(&[label]).inc();
         self.b2_cost.inc_by(price);

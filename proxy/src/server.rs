@@ -14,12 +14,16 @@ use crate::cache::{BlockCache, CacheSettings, FoyerCache};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::fetch::{FetchSettings, Fetcher};
-use crate::hedge::{HedgeSettings, Hedger};
 use crate::metrics::Metrics;
+use crate::policy::breaker::BreakerSettings;
+use crate::policy::hedge::HedgeSettings;
+use crate::policy::{PolicySettings, Upstream};
 use crate::upstream::ObjectSource;
 use crate::upstream::b2::B2Source;
 use crate::upstream::local::LocalSource;
-use crate::upstream::retry::RetryPolicy;
+
+/// Retry deadline of one catalog listing page (listing is not latency-critical; a reader never waits on it).
+const LIST_DEADLINE: Duration = Duration::from_secs(60);
 
 /// How long shutdown waits for open requests before closing the cache anyway.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -50,6 +54,7 @@ pub struct Proxy {
     server: JoinHandle<()>,
     catalog_task: JoinHandle<()>,
     cache: Arc<dyn BlockCache>,
+    upstream: Arc<Upstream>,
 }
 
 /// The upstream HTTP client: a warm keep-alive pool sized for a parallel proof's fan-out, kept across the
@@ -90,8 +95,7 @@ impl Proxy {
                     b2.clone(),
                     http,
                     f.timeout,
-                    f.retry_deadline,
-                    f.max_concurrency,
+                    LIST_DEADLINE,
                     metrics.clone(),
                 ))
             }
@@ -116,23 +120,15 @@ impl Proxy {
             .await?,
         );
         let catalog = Arc::new(Catalog::new(source.clone(), metrics.clone()));
-        let hedger = f.hedge.then(|| {
-            Arc::new(Hedger::new(
-                HedgeSettings {
-                    quantile: f.hedge_quantile,
-                    floor: f.hedge_floor,
-                    ceiling: f.hedge_ceiling,
-                    budget: f.hedge_budget,
-                },
-                RetryPolicy::new(f.retry_deadline),
-                metrics.clone(),
-            ))
-        });
+        let upstream = Upstream::new(
+            source.clone(),
+            PolicySettings::from_config(f),
+            metrics.clone(),
+        );
         let cat = catalog.clone();
         let fetcher = Arc::new(Fetcher::new(
-            source.clone(),
+            upstream.clone(),
             cache.clone(),
-            hedger,
             FetchSettings {
                 block_size: config.cache.block_size.as_u64(),
                 min_fetch: f.min_fetch.as_u64(),
@@ -179,6 +175,7 @@ impl Proxy {
             server,
             catalog_task,
             cache,
+            upstream,
         })
     }
 
@@ -187,6 +184,7 @@ impl Proxy {
         self.cancel.cancel();
         let _ = self.server.await;
         let _ = self.catalog_task.await;
+        self.upstream.close();
         match self.cache.close().await {
             Ok(()) => tracing::info!("cache closed cleanly"),
             Err(e) => tracing::error!(error = %e, "closing the cache failed"),
@@ -250,5 +248,28 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("requests still open after {DRAIN:?}; closing anyway");
+    }
+}
+
+impl PolicySettings {
+    /// The policy the `[fetch]` section describes.
+    pub fn from_config(f: &crate::config::FetchConfig) -> Self {
+        Self {
+            max_concurrency: f.max_concurrency,
+            attempt_timeout: f.timeout,
+            read_deadline: f.read_deadline,
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            breaker: BreakerSettings {
+                threshold: f.breaker_threshold,
+                cooldown: f.breaker_cooldown,
+            },
+            hedge: f.hedge.then_some(HedgeSettings {
+                quantile: f.hedge_quantile,
+                floor: f.hedge_floor,
+                ceiling: f.hedge_ceiling,
+                budget: f.hedge_budget,
+            }),
+        }
     }
 }

@@ -9,8 +9,10 @@ use axum::http::{Request, StatusCode};
 use b2_proxy::api::{AppState, router};
 use b2_proxy::cache::{BlockCache, CacheSettings, FoyerCache};
 use b2_proxy::catalog::Catalog;
+use b2_proxy::config::FetchConfig;
 use b2_proxy::fetch::{FetchSettings, Fetcher};
 use b2_proxy::metrics::Metrics;
+use b2_proxy::policy::{PolicySettings, Upstream};
 use b2_proxy::upstream::ObjectSource;
 use b2_proxy::upstream::local::LocalSource;
 use proptest::prelude::*;
@@ -61,10 +63,14 @@ fn fixture() -> Fixture {
         );
         let catalog = Arc::new(Catalog::new(source.clone(), metrics.clone()));
         catalog.refresh().await.expect("catalog");
-        let fetcher = Arc::new(Fetcher::new(
+        let upstream = Upstream::new(
             source.clone(),
+            PolicySettings::from_config(&FetchConfig::default()),
+            metrics.clone(),
+        );
+        let fetcher = Arc::new(Fetcher::new(
+            upstream,
             cache,
-            None,
             FetchSettings {
                 block_size: 64 << 10,
                 min_fetch: 16 << 10,

@@ -305,7 +305,7 @@ impl ProxyProcess {
             format!(
                 "{}[server]\nlisten = \"127.0.0.1:{port}\"\n\
                  [cache]\nmemory = \"32MiB\"\ndisk = \"64MiB\"\ndisk_dir = \"{}\"\n\
-                 [fetch]\ntimeout = \"3s\"\nretry_deadline = \"5s\"\n",
+                 [fetch]\ntimeout = \"3s\"\nread_deadline = \"5s\"\n",
                 emu.proxy_b2_toml(),
                 dir.join("cache").display()
             ),

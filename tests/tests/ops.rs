@@ -159,7 +159,7 @@ async fn secrets_never_reach_logs_metrics_or_health() {
             &cfg,
             format!(
                 "[b2]\nbucket = \"{}\"\nendpoint = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
-                 [cache]\nmemory = \"16MiB\"\ndisk = 0\n[fetch]\nretry_deadline = \"2s\"\ntimeout = \"1s\"\n",
+                 [cache]\nmemory = \"16MiB\"\ndisk = 0\n[fetch]\nread_deadline = \"2s\"\ntimeout = \"1s\"\n",
                 emu.bucket_name(),
                 emu.endpoint()
             ),

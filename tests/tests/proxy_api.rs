@@ -284,7 +284,7 @@ async fn each_fault_kind_is_retried_to_exact_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn persistent_failure_ends_in_clear_5xx_without_hang() {
     let env = start(builder(), |c| {
-        c.fetch.retry_deadline = Duration::from_secs(2);
+        c.fetch.read_deadline = Duration::from_secs(2);
         c.fetch.timeout = Duration::from_secs(1);
     })
     .await;
@@ -411,7 +411,7 @@ async fn unreachable_upstream_at_start_is_not_fatal() {
     probe.shutdown().await;
     config.b2.as_mut().unwrap().endpoint = format!("http://{port}");
     config.fetch.timeout = Duration::from_millis(500);
-    config.fetch.retry_deadline = Duration::from_secs(1);
+    config.fetch.read_deadline = Duration::from_secs(1);
     let proxy = b2_proxy::server::Proxy::start(&config)
         .await
         .expect("starts without upstream");

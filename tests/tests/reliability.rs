@@ -369,7 +369,7 @@ async fn upstream_outage_serves_cache_fails_fast_and_recovers() {
             .virtual_file("k32.plot", BIG)
             .latency(Duration::from_millis(5), 0.0),
         |c| {
-            c.fetch.retry_deadline = Duration::from_secs(1);
+            c.fetch.read_deadline = Duration::from_secs(1);
             c.fetch.timeout = Duration::from_millis(500);
         },
     )

@@ -2,26 +2,28 @@
 //!
 //! Downloads go by file id, not by name: the id names one immutable file version, so the bytes that come back
 //! can only belong to the version the cache keys them under, even if the name is re-uploaded meanwhile.
-//! Every answer is checked (status, `Content-Range`, length, file id) before it leaves this module.
-//! An expired token is renewed once for all requests that hit it (the re-auth is serialised and the stale
-//! token compared), not once per request.
+//! Every answer is checked (status, `Content-Range`, length, file id) before it leaves this module, and a
+//! body is never read past the length asked for. An expired token is renewed once for all requests that hit
+//! it ([`super::auth`]). A download is one attempt; listing pages are retried here, reads by the policy.
 
 use std::ops::Range;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, HeaderMap};
+use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, HeaderMap, HeaderValue};
 use serde::Deserialize;
-use tokio::sync::{Mutex, Semaphore};
 
+use super::auth::TokenCache;
 use super::retry::{RetryPolicy, retry};
+use super::verify::{Answer, verify_range};
 use super::{ObjectInfo, ObjectSource, SourceHealth, UpstreamError};
 use crate::config::B2Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TxClass};
+use crate::sync::Mutex as StdMutex;
 
 /// Page size for `b2_list_file_names` (the API maximum: fewer billed calls for big buckets).
 const LIST_PAGE: u32 = 10_000;
@@ -121,26 +123,61 @@ struct ErrorBody {
     message: String,
 }
 
-/// Parses `bytes a-b/size` (inclusive a..=b). `None` for anything else.
-pub fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
-    let rest = v.trim().strip_prefix("bytes ")?;
-    let (range, size) = rest.split_once('/')?;
-    let (a, b) = range.split_once('-')?;
-    let (a, b, size) = (a.parse().ok()?, b.parse().ok()?, size.parse().ok()?);
-    (a <= b && b < size).then_some((a, b, size))
-}
-
 pub struct B2Source {
     http: reqwest::Client,
     cfg: B2Config,
-    policy: RetryPolicy,
+    /// Retries of listing pages and of the calls authorization makes for them (reads are retried by the policy).
+    list_policy: RetryPolicy,
+    /// Timeout of one listing or authorization request (download attempts are timed by the policy).
     timeout: Duration,
-    current: StdMutex<Option<Arc<Auth>>>,
-    /// Serialises re-authorization so that a burst of expired-token answers costs one authorize call.
-    reauth: Mutex<()>,
-    downloads: Arc<Semaphore>,
+    auth: TokenCache<Auth>,
     health: StdMutex<SourceHealth>,
     metrics: Arc<Metrics>,
+}
+
+/// Largest JSON answer accepted (a 10,000-file listing page is ~3 MB).
+const MAX_JSON_BODY: usize = 64 << 20;
+
+/// Counts one HTTP request however it ends: answered, failed, or dropped mid-flight (a hedge's loser, an
+/// attempt cut by the policy's timeout or deadline). Without it a cancelled request would stay in the in-flight
+/// gauge forever and never reach the request counter.
+struct RequestMeter<'a> {
+    metrics: &'a Metrics,
+    op: &'static str,
+    start: Instant,
+    outcome: Option<&'static str>,
+}
+
+impl<'a> RequestMeter<'a> {
+    fn start(metrics: &'a Metrics, op: &'static str, class: TxClass) -> Self {
+        metrics.b2_transaction(class);
+        metrics.upstream_inflight.inc();
+        Self {
+            metrics,
+            op,
+            start: Instant::now(),
+            outcome: None,
+        }
+    }
+
+    fn finish(mut self, outcome: &'static str) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for RequestMeter<'_> {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or("cancelled");
+        self.metrics.upstream_inflight.dec();
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[self.op, outcome])
+            .inc();
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[self.op])
+            .observe(self.start.elapsed().as_secs_f64());
+    }
 }
 
 impl B2Source {
@@ -148,101 +185,85 @@ impl B2Source {
         cfg: B2Config,
         http: reqwest::Client,
         timeout: Duration,
-        retry_deadline: Duration,
-        max_concurrency: usize,
+        list_deadline: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             http,
             cfg,
-            policy: RetryPolicy::new(retry_deadline),
+            list_policy: RetryPolicy::new(list_deadline),
             timeout,
-            current: StdMutex::new(None),
-            reauth: Mutex::new(()),
-            downloads: Arc::new(Semaphore::new(max_concurrency)),
+            auth: TokenCache::default(),
             health: StdMutex::new(SourceHealth::default()),
             metrics,
         }
     }
 
     fn set_health(&self, authorized: bool, err: Option<&UpstreamError>) {
-        if let Ok(mut h) = self.health.lock() {
-            h.authorized = authorized;
-            if let Some(e) = err {
-                h.last_error = Some(e.to_string());
-            } else if authorized {
-                h.last_error = None;
-            }
+        let mut h = self.health.lock();
+        h.authorized = authorized;
+        if let Some(e) = err {
+            h.last_error = Some(e.report());
+        } else if authorized {
+            h.last_error = None;
         }
     }
 
-    fn current_auth(&self) -> Option<Arc<Auth>> {
-        self.current.lock().ok().and_then(|g| g.clone())
+    async fn current_auth(&self) -> Result<Arc<Auth>, UpstreamError> {
+        self.auth.get(|| self.authorize_recorded()).await
     }
 
-    async fn auth(&self) -> Result<Arc<Auth>, UpstreamError> {
-        match self.current_auth() {
-            Some(a) => Ok(a),
-            None => self.reauthorize(None).await,
-        }
+    /// Renews the token once for every request that used `stale`.
+    async fn renew(&self, stale: &Arc<Auth>) -> Result<Arc<Auth>, UpstreamError> {
+        self.auth
+            .renew(Some(stale), || self.authorize_recorded())
+            .await
     }
 
-    /// Authorizes anew unless another task already replaced `stale` (or, with `None`, already authorized).
-    async fn reauthorize(&self, stale: Option<&str>) -> Result<Arc<Auth>, UpstreamError> {
-        let _guard = self.reauth.lock().await;
-        if let Some(cur) = self.current_auth()
-            && stale.is_none_or(|s| s != cur.token)
-        {
-            return Ok(cur);
-        }
-        let result = self.authorize().await;
-        match &result {
+    async fn authorize_recorded(&self) -> Result<Arc<Auth>, UpstreamError> {
+        let r = self.authorize().await;
+        match &r {
             Ok(a) => {
-                if let Ok(mut g) = self.current.lock() {
-                    *g = Some(a.clone());
-                }
                 self.set_health(true, None);
                 tracing::info!(bucket_id = %a.bucket_id, "authorized with B2");
             }
-            Err(e) => {
-                if let Ok(mut g) = self.current.lock() {
-                    *g = None;
-                }
-                self.set_health(false, Some(e));
-            }
+            Err(e) => self.set_health(false, Some(e)),
         }
-        result
+        r
     }
 
+    /// One authorization: `b2_authorize_account`, then the bucket id (from the key or one listing call).
     async fn authorize(&self) -> Result<Arc<Auth>, UpstreamError> {
         let endpoint = self.cfg.endpoint.trim_end_matches('/');
         let url = format!("{endpoint}/b2api/v4/b2_authorize_account");
         let basic = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", self.cfg.key_id, self.cfg.application_key));
-        let resp: AuthorizeResponse = retry(
-            &self.policy,
-            |e| self.note_retry(e),
-            |_| async {
-                let req = self
-                    .http
-                    .get(&url)
-                    .header(AUTHORIZATION, format!("Basic {basic}"));
-                let (body, _) = self.send(req, "authorize", 'C').await?;
-                serde_json::from_slice(&body).map_err(|e| {
-                    UpstreamError::BadResponse(format!("b2_authorize_account JSON: {e}"))
-                })
-            },
-        )
-        .await
-        .map_err(|e| match e.root() {
-            // An authorize 401 means the key itself is wrong, whatever code B2 used.
-            UpstreamError::TokenExpired | UpstreamError::Unauthorized(_) => {
-                UpstreamError::Unauthorized(
-                    "b2_authorize_account rejected the key id / application key".into(),
-                )
-            }
-            _ => e,
-        })?;
+        let req = self
+            .http
+            .get(&url)
+            .header(AUTHORIZATION, format!("Basic {basic}"));
+        let resp: AuthorizeResponse = self
+            .send(
+                req,
+                "authorize",
+                TxClass::C,
+                Some(self.timeout),
+                MAX_JSON_BODY,
+            )
+            .await
+            .and_then(|(body, _)| {
+                serde_json::from_slice(&body)
+                    .map_err(|e| UpstreamError::json("b2_authorize_account", e))
+            })
+            .map_err(|e| match e {
+                // An authorize 401 means the key itself is wrong, whatever code B2 used.
+                UpstreamError::TokenExpired | UpstreamError::Unauthorized(_) => {
+                    UpstreamError::Unauthorized(
+                        "b2_authorize_account rejected the key id / application key".into(),
+                    )
+                }
+                other => other,
+            })?;
 
         let storage = resp.api_info.storage_api;
         let allowed = storage.allowed.unwrap_or_default();
@@ -322,21 +343,22 @@ impl B2Source {
         };
         let url = format!("{}/b2api/v4/b2_list_buckets", auth.api_url);
         let body = serde_json::json!({"accountId": auth.account_id, "bucketName": name});
-        let resp: ListBucketsResponse = retry(
-            &self.policy,
-            |e| self.note_retry(e),
-            |_| async {
-                let req = self
-                    .http
-                    .post(&url)
-                    .header(AUTHORIZATION, auth.token.as_str())
-                    .json(&body);
-                let (bytes, _) = self.send(req, "list_buckets", 'C').await?;
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| UpstreamError::BadResponse(format!("b2_list_buckets JSON: {e}")))
-            },
-        )
-        .await?;
+        let req = self
+            .http
+            .post(&url)
+            .header(AUTHORIZATION, auth.token.as_str())
+            .json(&body);
+        let (bytes, _) = self
+            .send(
+                req,
+                "list_buckets",
+                TxClass::C,
+                Some(self.timeout),
+                MAX_JSON_BODY,
+            )
+            .await?;
+        let resp: ListBucketsResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| UpstreamError::json("b2_list_buckets", e))?;
         resp.buckets
             .into_iter()
             .find(|b| b.bucket_name == name)
@@ -351,97 +373,76 @@ impl B2Source {
             .upstream_retries
             .with_label_values(&[e.reason()])
             .inc();
-        tracing::debug!(error = %e, "retrying upstream call");
+        tracing::debug!(error = %e.report(), "retrying upstream call");
     }
 
-    /// Sends one request with the attempt timeout, classifies the status, and returns the body.
+    /// Sends one request, counts it however it ends, reads at most `max_body` bytes of the answer (counted
+    /// as they arrive), classifies the status, and returns the body. `timeout`: for calls the policy does not
+    /// time itself.
     async fn send(
         &self,
         req: reqwest::RequestBuilder,
         op: &'static str,
-        class: char,
+        class: TxClass,
+        timeout: Option<Duration>,
+        max_body: usize,
     ) -> Result<(Bytes, HeaderMap), UpstreamError> {
-        let start = Instant::now();
-        self.metrics.b2_transaction(class);
-        self.metrics.upstream_inflight.inc();
-        let result = tokio::time::timeout(self.timeout, async {
-            let resp = req.send().await.map_err(|e| {
+        let meter = RequestMeter::start(&self.metrics, op, class);
+        let exchange = async {
+            let mut resp = req.send().await.map_err(|e| {
                 if e.is_connect() {
-                    UpstreamError::Connect(error_chain(&e))
+                    UpstreamError::connect(e)
                 } else {
-                    UpstreamError::Body(error_chain(&e))
+                    UpstreamError::body(e)
                 }
             })?;
             let status = resp.status().as_u16();
-            let headers = resp.headers().clone();
-            let body = resp
-                .bytes()
+            let headers = std::mem::take(resp.headers_mut());
+            let hint = resp
+                .content_length()
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(0)
+                .min(max_body);
+            let mut body = BytesMut::with_capacity(hint);
+            while let Some(chunk) = resp.chunk().await.map_err(UpstreamError::body)? {
+                self.metrics.upstream_bytes.inc_by(chunk.len() as u64);
+                if body.len() + chunk.len() > max_body {
+                    return Err(UpstreamError::BadResponse(format!(
+                        "{op} answer longer than the {max_body} bytes asked for"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok::<_, UpstreamError>((status, headers, body.freeze()))
+        };
+        let result = match timeout {
+            Some(t) => tokio::time::timeout(t, exchange)
                 .await
-                .map_err(|e| UpstreamError::Body(error_chain(&e)))?;
-            Ok::<_, UpstreamError>((status, headers, body))
-        })
-        .await
-        .unwrap_or(Err(UpstreamError::Timeout(self.timeout)));
-        self.metrics.upstream_inflight.dec();
-        self.metrics
-            .upstream_duration
-            .with_label_values(&[op])
-            .observe(start.elapsed().as_secs_f64());
+                .unwrap_or(Err(UpstreamError::Timeout(t))),
+            None => exchange.await,
+        };
         let (status, headers, body) = match result {
             Ok(v) => v,
             Err(e) => {
-                self.metrics
-                    .upstream_requests
-                    .with_label_values(&[op, e.reason()])
-                    .inc();
+                meter.finish(e.reason());
                 return Err(e);
             }
         };
-        self.metrics
-            .upstream_requests
-            .with_label_values(&[op, status_label(status)])
-            .inc();
-        self.metrics.upstream_bytes.inc_by(body.len() as u64);
+        meter.finish(status_label(status));
         if (200..300).contains(&status) {
             return Ok((body, headers));
         }
         Err(classify_error(status, &headers, &body))
     }
 
-    async fn list_once(&self) -> Result<Vec<ObjectInfo>, UpstreamError> {
+    async fn list_all(&self) -> Result<Vec<ObjectInfo>, UpstreamError> {
         let mut out = Vec::new();
         let mut start: Option<String> = None;
         loop {
             let page: ListFilesResponse = retry(
-                &self.policy,
+                &self.list_policy,
                 |e| self.note_retry(e),
-                |_| {
-                    let start = start.clone();
-                    async move {
-                        let auth = self.auth().await?;
-                        let mut body = serde_json::json!({
-                            "bucketId": auth.bucket_id,
-                            "maxFileCount": LIST_PAGE,
-                        });
-                        if let Some(s) = start {
-                            body["startFileName"] = s.into();
-                        }
-                        if !auth.prefix.is_empty() {
-                            body["prefix"] = auth.prefix.clone().into();
-                        }
-                        let url = format!("{}/b2api/v4/b2_list_file_names", auth.api_url);
-                        let req = self
-                            .http
-                            .post(url)
-                            .header(AUTHORIZATION, auth.token.as_str())
-                            .json(&body);
-                        let r = self.send(req, "list_file_names", 'C').await;
-                        let (bytes, _) = self.renew_on_expiry(r, &auth).await?;
-                        serde_json::from_slice(&bytes).map_err(|e| {
-                            UpstreamError::BadResponse(format!("b2_list_file_names JSON: {e}"))
-                        })
-                    }
-                },
+                |_| self.list_page(start.as_deref()),
             )
             .await?;
             for f in page.files {
@@ -465,36 +466,61 @@ impl B2Source {
         Ok(out)
     }
 
+    /// One attempt at one page of `b2_list_file_names`.
+    async fn list_page(&self, start: Option<&str>) -> Result<ListFilesResponse, UpstreamError> {
+        let auth = self.current_auth().await?;
+        let mut body = serde_json::json!({
+            "bucketId": auth.bucket_id,
+            "maxFileCount": LIST_PAGE,
+        });
+        if let Some(s) = start {
+            body["startFileName"] = s.into();
+        }
+        if !auth.prefix.is_empty() {
+            body["prefix"] = auth.prefix.clone().into();
+        }
+        let url = format!("{}/b2api/v4/b2_list_file_names", auth.api_url);
+        let req = self
+            .http
+            .post(url)
+            .header(AUTHORIZATION, auth.token.as_str())
+            .json(&body);
+        let r = self
+            .send(
+                req,
+                "list_file_names",
+                TxClass::C,
+                Some(self.timeout),
+                MAX_JSON_BODY,
+            )
+            .await;
+        let (bytes, _) = self.renew_on_expiry(r, &auth).await?;
+        serde_json::from_slice(&bytes).map_err(|e| UpstreamError::json("b2_list_file_names", e))
+    }
+
     /// On an expired-token answer, renews the token (once for every request that used the same one) and
-    /// passes the error on, so the retry loop tries again at once with the new token.
+    /// passes the error on: the retry layer tries again at once, with the new token.
     async fn renew_on_expiry<T>(
         &self,
         r: Result<T, UpstreamError>,
-        used: &Auth,
+        used: &Arc<Auth>,
     ) -> Result<T, UpstreamError> {
         if let Err(UpstreamError::TokenExpired) = &r {
-            self.reauthorize(Some(&used.token)).await?;
+            self.renew(used).await?;
         }
         r
     }
 
-    async fn download_once(
-        &self,
-        obj: &ObjectInfo,
-        range: Range<u64>,
-    ) -> Result<Bytes, UpstreamError> {
-        let auth = self.auth().await?;
-        let _permit = self
-            .downloads
-            .acquire()
-            .await
-            .map_err(|_| UpstreamError::Config("download semaphore closed".into()))?;
+    async fn download(&self, obj: &ObjectInfo, range: Range<u64>) -> Result<Bytes, UpstreamError> {
+        let auth = self.current_auth().await?;
         let url = format!(
             "{}/b2api/v4/b2_download_file_by_id?fileId={}",
             auth.download_url,
             percent_encoding::utf8_percent_encode(&obj.id, percent_encoding::NON_ALPHANUMERIC)
         );
         let last = range.end - 1;
+        let want = usize::try_from(range.end - range.start)
+            .map_err(|_| UpstreamError::Config("range larger than memory".into()))?;
         let req = self
             .http
             .get(url)
@@ -503,7 +529,10 @@ impl B2Source {
                 reqwest::header::RANGE,
                 format!("bytes={}-{}", range.start, last),
             );
-        let r = self.send(req, "download", 'B').await;
+        // An error answer is a small JSON body; a range answer is never longer than asked.
+        let r = self
+            .send(req, "download", TxClass::B, None, want.max(64 << 10))
+            .await;
         let (body, headers) = self.renew_on_expiry(r, &auth).await.map_err(|e| match e {
             UpstreamError::NotFound(_) => {
                 UpstreamError::NotFound(format!("{} (id {})", obj.name, obj.id))
@@ -514,63 +543,22 @@ impl B2Source {
             )),
             other => other,
         })?;
-        verify_download(obj, &range, &headers, &body)?;
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        verify_range(
+            obj,
+            &range,
+            Answer {
+                content_range: header(CONTENT_RANGE.as_str()),
+                file_id: header("x-bz-file-id"),
+                body_len: body.len() as u64,
+            },
+        )?;
         Ok(body)
     }
-}
-
-/// Checks that a download answer is exactly `range` of `obj`.
-pub fn verify_download(
-    obj: &ObjectInfo,
-    range: &Range<u64>,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(), UpstreamError> {
-    let want = range.end - range.start;
-    if let Some(id) = headers.get("x-bz-file-id").and_then(|v| v.to_str().ok())
-        && id != &*obj.id
-    {
-        return Err(UpstreamError::Changed(format!(
-            "asked for file id {} but got {id}",
-            obj.id
-        )));
-    }
-    match headers.get(CONTENT_RANGE).and_then(|v| v.to_str().ok()) {
-        Some(cr) => {
-            let Some((a, b, size)) = parse_content_range(cr) else {
-                return Err(UpstreamError::BadResponse(format!(
-                    "unparseable Content-Range `{cr}`"
-                )));
-            };
-            if size != obj.size {
-                return Err(UpstreamError::Changed(format!(
-                    "{} is now {size} bytes, catalog says {}",
-                    obj.name, obj.size
-                )));
-            }
-            if a != range.start || b != range.end - 1 {
-                return Err(UpstreamError::BadResponse(format!(
-                    "asked for bytes {}-{}, Content-Range says {a}-{b}",
-                    range.start,
-                    range.end - 1
-                )));
-            }
-        }
-        // Only a request for the whole file may come back without Content-Range (B2 answers `bytes=0-` with 200).
-        None if range.start == 0 && want == obj.size => {}
-        None => {
-            return Err(UpstreamError::BadResponse(
-                "range answer without Content-Range".into(),
-            ));
-        }
-    }
-    if body.len() as u64 != want {
-        return Err(UpstreamError::Body(format!(
-            "expected {want} body bytes, got {}",
-            body.len()
-        )));
-    }
-    Ok(())
 }
 
 fn status_label(status: u16) -> &'static str {
@@ -637,25 +625,13 @@ fn effective_prefix(configured: &str, key_prefix: Option<&str>) -> Result<String
     }
 }
 
-/// The error and its sources in one line (reqwest's top-level message alone says little).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 impl ObjectSource for B2Source {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ObjectInfo>, UpstreamError>> {
         async move {
-            let r = self.list_once().await;
+            let r = self.list_all().await;
             match &r {
                 Ok(_) => self.set_health(true, None),
-                Err(e) => self.set_health(self.current_auth().is_some(), Some(e)),
+                Err(e) => self.set_health(self.auth.current().is_some(), Some(e)),
             }
             r
         }
@@ -668,28 +644,11 @@ impl ObjectSource for B2Source {
         range: Range<u64>,
     ) -> BoxFuture<'_, Result<Bytes, UpstreamError>> {
         let obj = obj.clone();
-        async move {
-            retry(
-                &self.policy,
-                |e| self.note_retry(e),
-                |_| self.download_once(&obj, range.clone()),
-            )
-            .await
-        }
-        .boxed()
-    }
-
-    fn read_once(
-        &self,
-        obj: &ObjectInfo,
-        range: Range<u64>,
-    ) -> BoxFuture<'_, Result<Bytes, UpstreamError>> {
-        let obj = obj.clone();
-        async move { self.download_once(&obj, range).await }.boxed()
+        async move { self.download(&obj, range).await }.boxed()
     }
 
     fn health(&self) -> SourceHealth {
-        self.health.lock().map(|h| h.clone()).unwrap_or_default()
+        self.health.lock().clone()
     }
 
     fn describe(&self) -> String {
@@ -708,73 +667,6 @@ impl ObjectSource for B2Source {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_range() {
-        assert_eq!(parse_content_range("bytes 0-9/100"), Some((0, 9, 100)));
-        assert_eq!(parse_content_range("bytes 9-0/100"), None);
-        assert_eq!(parse_content_range("bytes 0-100/100"), None);
-        assert_eq!(parse_content_range("bytes */100"), None);
-        assert_eq!(parse_content_range("items 0-9/100"), None);
-    }
-
-    fn obj(size: u64) -> ObjectInfo {
-        ObjectInfo {
-            name: "a".into(),
-            id: "id1".into(),
-            size,
-            modified_ms: 0,
-        }
-    }
-
-    fn headers(cr: Option<&str>, id: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        if let Some(cr) = cr {
-            h.insert(CONTENT_RANGE, cr.parse().expect("header"));
-        }
-        if let Some(id) = id {
-            h.insert("x-bz-file-id", id.parse().expect("header"));
-        }
-        h
-    }
-
-    #[test]
-    fn verification() {
-        let o = obj(100);
-        let body = Bytes::from(vec![0u8; 10]);
-        assert!(
-            verify_download(
-                &o,
-                &(0..10),
-                &headers(Some("bytes 0-9/100"), Some("id1")),
-                &body
-            )
-            .is_ok()
-        );
-        // shifted range, wrong size, wrong id, short body, missing Content-Range
-        assert!(
-            verify_download(&o, &(0..10), &headers(Some("bytes 1-10/100"), None), &body).is_err()
-        );
-        assert!(matches!(
-            verify_download(&o, &(0..10), &headers(Some("bytes 0-9/101"), None), &body),
-            Err(UpstreamError::Changed(_))
-        ));
-        assert!(matches!(
-            verify_download(
-                &o,
-                &(0..10),
-                &headers(Some("bytes 0-9/100"), Some("id2")),
-                &body
-            ),
-            Err(UpstreamError::Changed(_))
-        ));
-        assert!(
-            verify_download(&o, &(0..11), &headers(Some("bytes 0-10/100"), None), &body).is_err()
-        );
-        assert!(verify_download(&o, &(0..10), &headers(None, None), &body).is_err());
-        let whole = obj(10);
-        assert!(verify_download(&whole, &(0..10), &headers(None, None), &body).is_ok());
-    }
 
     #[test]
     fn error_classes() {
@@ -822,14 +714,7 @@ mod tests {
             let _ = serde_json::from_str::<AuthorizeResponse>(&s);
             let _ = serde_json::from_str::<ListFilesResponse>(&s);
             let _ = classify_error(500, &HeaderMap::new(), s.as_bytes());
-            let _ = parse_content_range(&s);
-        }
-
-        #[test]
-        fn content_range_roundtrip(a in 0u64..1<<40, len in 1u64..1<<20, extra in 0u64..1<<20) {
-            let size = a + len + extra;
-            let s = format!("bytes {}-{}/{}", a, a + len - 1, size);
-            proptest::prop_assert_eq!(parse_content_range(&s), Some((a, a + len - 1, size)));
+            let _ = crate::upstream::verify::parse_content_range(&s);
         }
     }
 }

@@ -67,13 +67,12 @@ impl ObjectSource for LocalSource {
         async move {
             tokio::task::spawn_blocking(move || {
                 let mut out = Vec::new();
-                walk(&root, &root, &mut out)
-                    .map_err(|e| UpstreamError::Io(format!("{}: {e}", root.display())))?;
+                walk(&root, &root, &mut out).map_err(|e| UpstreamError::io(root.display(), e))?;
                 out.sort_by(|a, b| a.name.cmp(&b.name));
                 Ok(out)
             })
             .await
-            .map_err(|e| UpstreamError::Io(e.to_string()))?
+            .map_err(|e| UpstreamError::io("a blocking task", std::io::Error::other(e)))?
         }
         .boxed()
     }
@@ -87,7 +86,7 @@ impl ObjectSource for LocalSource {
         let obj = obj.clone();
         async move {
             tokio::task::spawn_blocking(move || {
-                let io = |e: std::io::Error| UpstreamError::Io(format!("{}: {e}", path.display()));
+                let io = |e: std::io::Error| UpstreamError::io(path.display(), e);
                 let file = std::fs::File::open(&path).map_err(|e| match e.kind() {
                     std::io::ErrorKind::NotFound => UpstreamError::NotFound(obj.name.clone()),
                     _ => io(e),
@@ -97,13 +96,13 @@ impl ObjectSource for LocalSource {
                     return Err(UpstreamError::Changed(format!("{} was modified", obj.name)));
                 }
                 let len = usize::try_from(range.end - range.start)
-                    .map_err(|_| UpstreamError::Io("range too large".into()))?;
+                    .map_err(|_| UpstreamError::Config("range larger than memory".into()))?;
                 let mut buf = vec![0u8; len];
                 file.read_exact_at(&mut buf, range.start).map_err(io)?;
                 Ok(Bytes::from(buf))
             })
             .await
-            .map_err(|e| UpstreamError::Io(e.to_string()))?
+            .map_err(|e| UpstreamError::io("a blocking task", std::io::Error::other(e)))?
         }
         .boxed()
     }

@@ -2,7 +2,9 @@
 //! and a total deadline so a read fails with a clear error instead of hanging.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
@@ -146,7 +148,7 @@ mod tests {
         let r: Result<(), _> = retry(
             &policy,
             |_| {},
-            |_| async { Err(UpstreamError::Connect("refused".into())) },
+            |_| async { Err(UpstreamError::connect(std::io::Error::other("refused"))) },
         )
         .await;
         assert!(matches!(r, Err(UpstreamError::Exhausted { .. })), "{r:?}");

@@ -30,7 +30,7 @@ pub fn config_for(emu: &Emulator, cache_dir: &Path) -> Config {
     c.cache.disk = ByteSize::mib(64);
     c.cache.disk_dir = cache_dir.to_path_buf();
     c.fetch.timeout = Duration::from_secs(3);
-    c.fetch.retry_deadline = Duration::from_secs(15);
+    c.fetch.read_deadline = Duration::from_secs(15);
     c.catalog.refresh = Duration::from_secs(300);
     c
 }

@@ -2,27 +2,26 @@
 //! latencies (a high quantile of a sliding window, clamped between a floor and a ceiling), the same request is
 //! sent again; the first verified answer wins and the other is dropped (its connection is cancelled).
 //! A token budget bounds hedges to a share of requests, so a uniformly slow upstream is not hit twice as hard.
-//! Retries wrap the hedged attempt: a failed pair is retried by the same policy as plain reads.
+//! This layer only races attempts; the policy ([`super`]) retries a failed pair like any failed attempt.
 
 use std::collections::VecDeque;
-use std::ops::Range;
+use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::upstream::retry::{RetryPolicy, retry};
-use crate::upstream::{ObjectInfo, ObjectSource, UpstreamError};
+use crate::sync::Mutex;
 
 /// Samples kept for the quantile.
 const WINDOW: usize = 512;
 /// Samples needed before the learned threshold replaces the initial one.
 const MIN_SAMPLES: usize = 20;
-/// Only requests up to this size are hedged and sampled: big read-ahead runs are bandwidth-bound, not
-/// latency-bound, and would skew the quantile.
-const MAX_HEDGED_BYTES: u64 = 1 << 20;
+/// Only requests up to this size are hedged and sampled: big runs are bandwidth-bound, not latency-bound, and
+/// would skew the quantile.
+pub const MAX_HEDGED_BYTES: u64 = 1 << 20;
 /// Most hedges that may be issued in a burst.
 const BUDGET_CAP: f64 = 10.0;
 
@@ -35,24 +34,12 @@ pub struct HedgeSettings {
     pub budget: f64,
 }
 
-impl Default for HedgeSettings {
-    fn default() -> Self {
-        Self {
-            quantile: 0.98,
-            floor: Duration::from_millis(30),
-            ceiling: Duration::from_secs(2),
-            budget: 0.05,
-        }
-    }
-}
-
 struct Budget {
     tokens: f64,
 }
 
 pub struct Hedger {
     settings: HedgeSettings,
-    policy: RetryPolicy,
     samples: Mutex<VecDeque<u32>>,
     /// Cached threshold in microseconds; recomputed every few samples.
     threshold_us: AtomicU64,
@@ -61,14 +48,13 @@ pub struct Hedger {
 }
 
 impl Hedger {
-    pub fn new(settings: HedgeSettings, policy: RetryPolicy, metrics: Arc<Metrics>) -> Self {
+    pub fn new(settings: HedgeSettings, metrics: Arc<Metrics>) -> Self {
         // Until enough samples exist: a quarter second, above any healthy B2 answer for a small range.
         let initial = Duration::from_millis(250).clamp(settings.floor, settings.ceiling);
         metrics.hedge_threshold.set(initial.as_secs_f64());
         Self {
             threshold_us: AtomicU64::new(initial.as_micros() as u64),
             settings,
-            policy,
             samples: Mutex::new(VecDeque::with_capacity(WINDOW)),
             // Half the burst allowance at start, so the first slow answers can be hedged before any budget is earned.
             budget: Mutex::new(Budget {
@@ -83,7 +69,7 @@ impl Hedger {
     }
 
     fn record(&self, latency: Duration) {
-        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.samples.lock();
         if s.len() == WINDOW {
             s.pop_front();
         }
@@ -104,13 +90,13 @@ impl Hedger {
 
     /// Earns the budget share of one request.
     fn earn(&self) {
-        let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = self.budget.lock();
         b.tokens = (b.tokens + self.settings.budget).min(BUDGET_CAP);
     }
 
     /// Spends one hedge if the budget allows.
     fn spend(&self) -> bool {
-        let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = self.budget.lock();
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
             true
@@ -119,38 +105,16 @@ impl Hedger {
         }
     }
 
-    /// Reads with hedging and retries.
-    pub async fn read(
-        &self,
-        source: &dyn ObjectSource,
-        obj: &ObjectInfo,
-        range: Range<u64>,
-    ) -> Result<Bytes, UpstreamError> {
-        retry(
-            &self.policy,
-            |e| {
-                self.metrics
-                    .upstream_retries
-                    .with_label_values(&[e.reason()])
-                    .inc();
-            },
-            |_| self.attempt(source, obj, range.clone()),
-        )
-        .await
-    }
-
-    async fn attempt(
-        &self,
-        source: &dyn ObjectSource,
-        obj: &ObjectInfo,
-        range: Range<u64>,
-    ) -> Result<Bytes, UpstreamError> {
-        let small = range.end - range.start <= MAX_HEDGED_BYTES;
+    /// Races `attempt()` against a second `attempt()` started if the first has not answered within the
+    /// threshold (and the budget allows). The first success wins; the other attempt is dropped, which cancels
+    /// it. If one side fails, the other still gets its chance.
+    pub async fn race<T, E, F, Fut>(&self, mut attempt: F) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let start = Instant::now();
-        let mut primary = source.read_once(obj, range.clone());
-        if !small {
-            return primary.await;
-        }
+        let mut primary = std::pin::pin!(attempt());
         self.earn();
         let threshold = self.threshold();
         tokio::select! {
@@ -170,10 +134,9 @@ impl Hedger {
             return r;
         }
         self.metrics.hedges_issued.inc();
-        tracing::debug!(file = %obj.name, start = range.start, ?threshold, "hedging slow upstream request");
+        tracing::debug!(?threshold, "hedging slow upstream request");
         let hedge_start = Instant::now();
-        let mut hedge = source.read_once(obj, range);
-        // First success wins; if one side fails, the other still gets its chance.
+        let mut hedge = std::pin::pin!(attempt());
         // What enters the latency window: complete answers only. A primary cut short by its hedge says only
         // "slower than the threshold"; recording that censored value would drag the threshold up into the tail
         // it exists to cut, so the hedge's own latency (a fresh draw from the body) is recorded instead.
