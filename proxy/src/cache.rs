@@ -11,7 +11,7 @@
 //! foyer checksums every disk entry; on top of that a block read back must have exactly the expected length, or
 //! it is dropped and fetched again.
 
-mod refresh;
+pub(crate) mod refresh;
 
 use std::io::{Read, Write};
 use std::path::Path;

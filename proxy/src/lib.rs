@@ -12,6 +12,8 @@ pub mod catalog;
 pub mod config;
 pub mod fetch;
 pub mod metrics;
+#[cfg(all(test, feature = "shuttle"))]
+mod model;
 pub mod policy;
 pub mod range;
 pub mod server;

@@ -24,8 +24,19 @@ pub mod atomic {
 }
 
 /// A mutex that never refuses its lock (see the module doc).
-#[derive(Debug, Default)]
 pub struct Mutex<T>(imp::Mutex<T>);
+
+impl<T: Default> Default for Mutex<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+impl<T> std::fmt::Debug for Mutex<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mutex").finish_non_exhaustive()
+    }
+}
 
 impl<T> Mutex<T> {
     pub fn new(value: T) -> Self {

@@ -19,7 +19,7 @@
 //! tokens earned by new insertions (half their bytes), so they can never crowd out new fetches or feed on
 //! themselves. Without new insertions nothing is evicted, and nothing needs rewriting.
 
-use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, Ordering};
 
 use prometheus::IntCounter;
 
@@ -28,7 +28,6 @@ const EPOCHS_PER_DISK: u64 = 16;
 /// A block this many epochs old (a quarter of the disk written since) is rewritten when read.
 const REFRESH_AGE: u16 = (EPOCHS_PER_DISK / 4) as u16;
 
-#[derive(Debug)]
 pub struct DiskRefresh {
     /// Epoch of each slot's last disk write.
     written: Box<[AtomicU16]>,

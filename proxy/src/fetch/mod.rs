@@ -420,6 +420,13 @@ impl Fetcher {
                 !table.contains(&k) && !self.cache.contains(&k)
             })
             .collect();
+        // Refill by halves: while the reader still has data ahead, top up only once half the window is gone,
+        // so a stream of small reads costs a request per half window, not one per read.
+        let window_blocks = (stop - span.start).div_ceil(bs) as usize;
+        let next_ready = wanted.first() != Some(&(span.start / bs));
+        if next_ready && wanted.len() * 2 < window_blocks {
+            return;
+        }
         let max_blocks = (READAHEAD_RUN / bs).max(1) as usize;
         for run in contiguous_runs(&wanted, max_blocks) {
             // Detached: the result lands in the cache; nobody awaits it here.
@@ -474,7 +481,7 @@ fn assemble(blocks: &[Option<Bytes>], base: u64, range: &Range<u64>) -> Result<B
 }
 
 #[cfg(test)]
-mod tests {
+mod unit {
     use super::*;
 
     #[test]
@@ -501,3 +508,6 @@ mod tests {
         assert!(assemble(&[None], 0, &(0..1)).is_err());
     }
 }
+
+#[cfg(test)]
+mod tests;

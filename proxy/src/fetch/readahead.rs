@@ -67,7 +67,8 @@ impl Streams {
         if st.seq_bytes < SEQ_TRIGGER {
             return None;
         }
-        st.window = (st.window * 2).clamp(SEQ_TRIGGER, self.max_window);
+        // Not `clamp`: a `readahead_max` below the trigger is a valid setting (a small window), not a panic.
+        st.window = (st.window * 2).max(SEQ_TRIGGER).min(self.max_window);
         Some(range.end..range.end.saturating_add(st.window))
     }
 }
@@ -146,6 +147,13 @@ mod tests {
                 1 << 20
             ]
         );
+        // A window smaller than the trigger is honoured.
+        let small = Streams::new(4096, 8192);
+        let mut last = None;
+        for i in 0..100u64 {
+            last = small.track(&id, &(i * 4096..(i + 1) * 4096)).or(last);
+        }
+        assert_eq!(last.map(|w| w.end - w.start), Some(8192));
         // Random pairs: never.
         let other: Arc<str> = "g".into();
         for i in 0..50u64 {

@@ -236,3 +236,6 @@ async fn probe_until_closed(upstream: std::sync::Weak<Upstream>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

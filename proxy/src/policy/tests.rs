@@ -1,0 +1,346 @@
+//! The policy's behaviours on a paused clock against the mock source: every time asserted here is exact
+//! (tokio advances the clock only when every task waits), and nothing depends on the machine's speed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::testing::{Stack, fetch_settings, hedge_settings, pattern, policy_settings};
+use crate::upstream::mock::{CallEnd, Fault, Step};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn stack_with(f: impl FnOnce(&mut PolicySettings)) -> Stack {
+    let mut p = policy_settings();
+    f(&mut p);
+    Stack::new(p, fetch_settings())
+}
+
+fn unavailable(retry_after: Option<Duration>) -> UpstreamError {
+    UpstreamError::Status {
+        status: 503,
+        code: "service_unavailable".into(),
+        message: "busy".into(),
+        retry_after,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_first_attempt_is_hedged_the_first_answer_wins_and_the_loser_is_cancelled() {
+    let s = stack_with(|p| p.hedge = Some(hedge_settings()));
+    let obj = s.source.add_file("f", pattern(8192, 1));
+    s.source
+        .push([Step::after(1000 * MS), Step::after(50 * MS)]);
+    let t0 = Instant::now();
+    let got = s
+        .upstream
+        .read(&obj, 0..4096, Purpose::Demand)
+        .await
+        .expect("read");
+    // The hedge goes out at the initial 250 ms threshold and answers 50 ms later.
+    assert_eq!(t0.elapsed(), 300 * MS);
+    assert_eq!(got, pattern(8192, 1).slice(0..4096));
+    let calls = s.source.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].end, CallEnd::Cancelled, "the loser is dropped");
+    assert_eq!(calls[0].ended, Some(t0 + 300 * MS));
+    assert_eq!(calls[1].started, t0 + 250 * MS);
+    assert_eq!(s.metric("b2proxy_hedges_issued_total", &[]), 1.0);
+    assert_eq!(s.metric("b2proxy_hedges_won_total", &[]), 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_hedge_threshold_follows_the_latency_quantile_within_its_clamp() {
+    let s = stack_with(|p| p.hedge = Some(hedge_settings()));
+    let obj = s.source.add_file("f", pattern(4096, 2));
+    s.source.script(|_| Step::after(10 * MS));
+    for _ in 0..40 {
+        s.upstream
+            .read(&obj, 0..100, Purpose::Demand)
+            .await
+            .expect("read");
+    }
+    assert_eq!(
+        s.upstream.hedge_threshold(),
+        Some(30 * MS),
+        "fast answers: the floor"
+    );
+    s.source.script(|_| Step::after(120 * MS));
+    for _ in 0..60 {
+        s.upstream
+            .read(&obj, 0..100, Purpose::Demand)
+            .await
+            .expect("read");
+    }
+    assert_eq!(s.upstream.hedge_threshold(), Some(120 * MS));
+    // A uniformly slow upstream is hedged only within the budget (half the requests here, from 5 tokens).
+    let hedges = s.metric("b2proxy_hedges_issued_total", &[]);
+    assert!(hedges <= 5.0 + 0.5 * 100.0, "{hedges} hedges");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedges_stay_within_the_budget_when_everything_is_slow() {
+    let s = stack_with(|p| {
+        p.hedge = Some(HedgeSettings {
+            budget: 0.05,
+            ceiling: 1000 * MS,
+            ..hedge_settings()
+        })
+    });
+    let obj = s.source.add_file("f", pattern(4096, 3));
+    // Every answer takes longer than any threshold the clamp allows: every request would like a hedge.
+    s.source.script(|_| Step::after(1500 * MS));
+    for _ in 0..100 {
+        s.upstream
+            .read(&obj, 0..100, Purpose::Demand)
+            .await
+            .expect("read");
+    }
+    let hedges = s.metric("b2proxy_hedges_issued_total", &[]);
+    // 5 tokens at start, 0.05 earned per request: at most 10 for 100 requests.
+    assert!((5.0..=10.0).contains(&hedges), "{hedges} hedges");
+    assert_eq!(s.source.count() as f64, 100.0 + hedges);
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_ahead_and_large_runs_are_never_hedged() {
+    let s = stack_with(|p| p.hedge = Some(hedge_settings()));
+    let obj = s.source.add_file("f", pattern(4 << 20, 4));
+    s.source.script(|_| Step::after(900 * MS));
+    s.upstream
+        .read(&obj, 0..4096, Purpose::ReadAhead)
+        .await
+        .expect("read-ahead");
+    s.upstream
+        .read(&obj, 0..(2 << 20), Purpose::Demand)
+        .await
+        .expect("large");
+    assert_eq!(s.source.count(), 2);
+    assert_eq!(s.metric("b2proxy_hedges_issued_total", &[]), 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_and_the_retry_succeeds() {
+    let s = Stack::default_stack();
+    let obj = s.source.add_file("f", pattern(4096, 5));
+    s.source.push([
+        Step::fail(10 * MS, unavailable(Some(Duration::from_secs(2)))),
+        Step::after(10 * MS),
+    ]);
+    let t0 = Instant::now();
+    s.upstream
+        .read(&obj, 0..10, Purpose::Demand)
+        .await
+        .expect("read");
+    // 10 ms, then exactly the 2 s Retry-After (above any backoff the settings allow), then 10 ms.
+    assert_eq!(t0.elapsed(), 2020 * MS);
+    assert_eq!(s.source.count(), 2);
+    assert_eq!(
+        s.metric("b2proxy_upstream_retries_total", &[("reason", "5xx")]),
+        1.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_beyond_the_deadline_fails_now_instead_of_sleeping_past_it() {
+    let s = Stack::default_stack();
+    let obj = s.source.add_file("f", pattern(4096, 6));
+    s.source
+        .push([Step::fail(MS, unavailable(Some(Duration::from_secs(30))))]);
+    let t0 = Instant::now();
+    let e = s
+        .upstream
+        .read(&obj, 0..10, Purpose::Demand)
+        .await
+        .expect_err("no time to wait 30 s");
+    assert!(
+        matches!(e, UpstreamError::Exhausted { attempts: 1, .. }),
+        "{e:?}"
+    );
+    assert_eq!(t0.elapsed(), MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frozen_upstream_fails_the_read_exactly_at_the_deadline() {
+    let s = Stack::default_stack();
+    let obj = s.source.add_file("f", pattern(4096, 7));
+    s.source.script(|_| Step::with(Duration::ZERO, Fault::Hang));
+    let t0 = Instant::now();
+    let e = s
+        .upstream
+        .read(&obj, 0..10, Purpose::Demand)
+        .await
+        .expect_err("frozen");
+    assert_eq!(t0.elapsed(), Duration::from_secs(5), "read_deadline");
+    assert!(matches!(e, UpstreamError::Deadline { .. }), "{e:?}");
+    assert!(matches!(e.root(), UpstreamError::Timeout(_)), "{e:?}");
+    // Attempts are cut at the 2 s attempt timeout and retried; the one running at the deadline is cancelled.
+    let calls = s.source.calls();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(calls.iter().all(|c| c.end == CallEnd::Cancelled));
+    assert_eq!(
+        s.metric("b2proxy_fetch_errors_total", &[("reason", "deadline")]),
+        1.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_retryable_errors_fail_at_once() {
+    let s = Stack::default_stack();
+    let obj = s.source.add_file("f", pattern(4096, 8));
+    s.source
+        .push([Step::fail(MS, UpstreamError::NotFound("f".into()))]);
+    let e = s
+        .upstream
+        .read(&obj, 0..10, Purpose::Demand)
+        .await
+        .expect_err("404");
+    assert!(matches!(e, UpstreamError::NotFound(_)));
+    assert_eq!(s.source.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_answers_are_retried_and_never_returned() {
+    let s = Stack::default_stack();
+    let obj = s.source.add_file("f", pattern(8192, 9));
+    s.source.push([
+        Step::with(MS, Fault::Truncated(100)),
+        Step::with(MS, Fault::Shifted(7)),
+        Step::after(MS),
+    ]);
+    let got = s
+        .upstream
+        .read(&obj, 1000..3000, Purpose::Demand)
+        .await
+        .expect("read");
+    assert_eq!(got, pattern(8192, 9).slice(1000..3000));
+    assert_eq!(s.source.count(), 3);
+    // A foreign version is a changed file: not retried (the catalog must refresh first).
+    s.source.push([Step::with(MS, Fault::Foreign)]);
+    let e = s
+        .upstream
+        .read(&obj, 0..10, Purpose::Demand)
+        .await
+        .expect_err("foreign");
+    assert!(matches!(e, UpstreamError::Changed(_)), "{e:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_opens_on_an_outage_fails_fast_and_a_background_probe_closes_it() {
+    let s = Stack::default_stack();
+    let obj = s.source.add_file("f", pattern(4096, 10));
+    s.source.script(|_| Step::fail(20 * MS, unavailable(None)));
+    let t0 = Instant::now();
+    // One read's own retries fail 5 times over more than 500 ms: the circuit opens and ends that read too.
+    let e = s
+        .upstream
+        .read(&obj, 0..10, Purpose::Demand)
+        .await
+        .expect_err("outage");
+    assert!(matches!(e, UpstreamError::CircuitOpen { .. }), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(s.upstream.circuit_open());
+    assert_eq!(s.metric("b2proxy_upstream_circuit_state", &[]), 1.0);
+    // Misses now fail at once, without a request.
+    let calls = s.source.count();
+    let t1 = Instant::now();
+    let e = s
+        .upstream
+        .read(&obj, 0..10, Purpose::Demand)
+        .await
+        .expect_err("fast");
+    assert!(matches!(e, UpstreamError::CircuitOpen { .. }));
+    assert_eq!(t1.elapsed(), Duration::ZERO);
+    assert_eq!(s.source.count(), calls);
+    // The background probe keeps failing while upstream is down, then closes the circuit when it answers,
+    // with no read arriving.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(s.upstream.circuit_open());
+    let probes = s.source.count() - calls;
+    assert_eq!(probes, 2, "one probe per 1 s cooldown");
+    s.source.script(|_| Step::after(20 * MS));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!s.upstream.circuit_open(), "the probe closed it");
+    assert_eq!(s.metric("b2proxy_upstream_circuit_state", &[]), 0.0);
+    let probe = s.source.calls().pop().expect("probe");
+    assert_eq!(probe.range, 0..1, "a probe reads one byte");
+    s.upstream
+        .read(&obj, 0..10, Purpose::Demand)
+        .await
+        .expect("served again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_few_failures_among_answers_do_not_open_the_circuit() {
+    let s = Stack::default_stack();
+    let obj = s.source.add_file("f", pattern(4096, 11));
+    // Every third attempt fails: the upstream answers, the breaker stays closed for good.
+    s.source.script(|c| {
+        if c.seq % 3 == 0 {
+            Step::fail(10 * MS, unavailable(None))
+        } else {
+            Step::after(10 * MS)
+        }
+    });
+    for _ in 0..50 {
+        s.upstream
+            .read(&obj, 0..10, Purpose::Demand)
+            .await
+            .expect("retried to success");
+    }
+    assert!(!s.upstream.circuit_open());
+}
+
+#[tokio::test(start_paused = true)]
+async fn upstream_concurrency_is_capped_and_queued_reads_still_finish() {
+    let s = stack_with(|p| p.max_concurrency = 4);
+    let obj = s.source.add_file("f", pattern(4096, 12));
+    s.source.script(|_| Step::after(100 * MS));
+    let t0 = Instant::now();
+    let reads: Vec<_> = (0..10)
+        .map(|i| {
+            let (u, o) = (s.upstream.clone(), obj.clone());
+            tokio::spawn(async move { u.read(&o, i..i + 1, Purpose::Demand).await })
+        })
+        .collect();
+    for r in reads {
+        r.await.expect("join").expect("read");
+    }
+    // 10 requests, 4 at a time, 100 ms each: three waves.
+    assert_eq!(t0.elapsed(), 300 * MS);
+    let calls = s.source.calls();
+    for c in &calls {
+        let overlapping = calls
+            .iter()
+            .filter(|o| o.started <= c.started && o.ended.is_some_and(|e| e > c.started))
+            .count();
+        assert!(
+            overlapping <= 4,
+            "{overlapping} in flight at {:?}",
+            c.started
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn closing_fails_queued_reads_at_once() {
+    let s = stack_with(|p| p.max_concurrency = 1);
+    let obj = s.source.add_file("f", pattern(4096, 13));
+    s.source.script(|_| Step::after(1000 * MS));
+    let (u, o) = (s.upstream.clone(), obj.clone());
+    let first = tokio::spawn(async move { u.read(&o, 0..1, Purpose::Demand).await });
+    tokio::time::sleep(MS).await;
+    let (u, o) = (s.upstream.clone(), obj.clone());
+    let queued = tokio::spawn(async move { u.read(&o, 1..2, Purpose::Demand).await });
+    tokio::time::sleep(MS).await;
+    s.upstream.close();
+    let e = queued.await.expect("join").expect_err("closed");
+    assert!(matches!(e, UpstreamError::ShuttingDown), "{e:?}");
+    first
+        .await
+        .expect("join")
+        .expect("the running read finishes");
+    let _: Arc<Upstream> = s.upstream;
+}
