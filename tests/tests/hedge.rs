@@ -90,6 +90,24 @@ async fn tail_of_cold_reads_is_cut() {
         won >= 1.0,
         "no hedge won although tail delays were injected"
     );
+    // Counters equal what upstream saw: every attempt counted once, each hedge pair's loser as `cancelled`,
+    // and nothing left in the in-flight gauge.
+    let counted = env
+        .metric("b2proxy_upstream_requests_total{op=\"download\"")
+        .await;
+    let cancelled = env
+        .metric("b2proxy_upstream_requests_total{op=\"download\",status=\"cancelled\"}")
+        .await;
+    let billed = env
+        .metric("b2proxy_b2_transactions_total{class=\"B\"}")
+        .await;
+    println!(
+        "proxy counted {counted} downloads ({cancelled} cancelled), billed {billed}; emulator saw {gets}"
+    );
+    assert_eq!(counted, gets as f64, "upstream_requests vs the emulator");
+    assert_eq!(billed, gets as f64, "class B transactions vs the emulator");
+    assert_eq!(cancelled, hedges, "one cancelled loser per hedge");
+    assert_eq!(env.metric("b2proxy_upstream_inflight").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
