@@ -1175,6 +1175,60 @@ async fn config_over_http() -> TestResult {
 }
 
 #[tokio::test]
+async fn the_account_rate_limit_answers_429_with_retry_after() -> TestResult {
+    // 20 downloads/s with a bucket of 10: a burst of 40 gets about 10 through.
+    let emu = Emulator::builder()
+        .virtual_file("f", 1000)
+        .rate_limit(20.0, 10.0)
+        .start()
+        .await?;
+    let c = client();
+    let tok = token(&c, &emu).await;
+    let url = by_name_url(&emu, "f");
+    let mut ok = 0;
+    let mut limited = 0;
+    for _ in 0..40 {
+        let r = get(&c, &url, &tok, Some("bytes=0-9")).await;
+        match r.status().as_u16() {
+            206 => ok += 1,
+            429 => {
+                let ra: u64 = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .expect("Retry-After");
+                assert!(ra >= 1);
+                let (_, code) = b2_error(r).await;
+                assert_eq!(code, "too_many_requests");
+                limited += 1;
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    // Generous for a slow machine: the loop may take long enough to earn a few more tokens.
+    assert!((10..=25).contains(&ok), "{ok} admitted");
+    assert_eq!(emu.stats().rate_limited, limited);
+    assert_eq!(
+        emu.stats().faults.injected(),
+        0,
+        "not counted as an injected fault"
+    );
+    // Turning the limit off over HTTP admits everything.
+    let r = c
+        .post(format!("{}/_emu/config", emu.endpoint()))
+        .json(&json!({"rate_limit": {"rps": 0}}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    for _ in 0..20 {
+        assert_eq!(get(&c, &url, &tok, Some("bytes=0-9")).await.status(), 206);
+    }
+    emu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn shutdown_stops_serving() -> TestResult {
     let emu = Emulator::builder()
         .virtual_file("f", 1 << 30)

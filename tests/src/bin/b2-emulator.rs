@@ -119,6 +119,16 @@ struct Args {
     #[arg(long)]
     faults_on_api: bool,
 
+    /// Account-wide download rate limit, as B2 enforces one (about 500/s by default): downloads per second
+    /// above which the emulator answers 429 with B2's JSON error and Retry-After. 0 = off.
+    #[arg(long, value_name = "RPS", default_value_t = 0.0)]
+    rate_limit_rps: f64,
+
+    /// Downloads that may arrive back to back above the rate limit (the token bucket's size; 0 = one
+    /// second's worth).
+    #[arg(long, value_name = "N", default_value_t = 0.0)]
+    rate_limit_burst: f64,
+
     /// Stall the first download of each distinct (file, range) by this long (e.g. 2s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     first_attempt_delay: Option<Duration>,
@@ -203,6 +213,10 @@ async fn main() -> Result<()> {
     knobs.offline = args.offline;
     knobs.faults.retry_after_secs = args.retry_after;
     knobs.faults.on_api = args.faults_on_api;
+    knobs.rate_limit = b2fs_tests::emulator::ratelimit::RateLimit {
+        rps: args.rate_limit_rps,
+        burst: args.rate_limit_burst,
+    };
     for (fault, p) in [
         (Fault::ServiceUnavailable, args.fault_503),
         (Fault::TooManyRequests, args.fault_429),

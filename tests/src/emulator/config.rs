@@ -204,6 +204,8 @@ pub struct Knobs {
     pub token_lifetime: Duration,
     /// Seed of the latency/fault RNG; `None` seeds from the OS. Changing it reseeds.
     pub seed: Option<u64>,
+    /// Account-wide download rate limit (off by default).
+    pub rate_limit: super::ratelimit::RateLimit,
 }
 
 impl Default for Knobs {
@@ -216,6 +218,7 @@ impl Default for Knobs {
             offline: false,
             token_lifetime: Duration::from_secs(24 * 3600),
             seed: None,
+            rate_limit: Default::default(),
         }
     }
 }
@@ -234,6 +237,13 @@ impl Knobs {
     /// Checks ranges: probabilities in 0..=1 with a fault sum of at most 1, finite non-negative
     /// sigma, non-zero token lifetime.
     pub fn validate(&self) -> Result<(), EmulatorError> {
+        let rl = self.rate_limit;
+        if !(rl.rps.is_finite() && rl.rps >= 0.0 && rl.burst.is_finite() && rl.burst >= 0.0) {
+            return Err(EmulatorError::Config(format!(
+                "rate_limit.rps and rate_limit.burst must be finite numbers >= 0, got {} and {}",
+                rl.rps, rl.burst
+            )));
+        }
         check_probability("latency.tail_probability", self.latency.tail_probability)?;
         if !(self.latency.sigma.is_finite() && self.latency.sigma >= 0.0) {
             return Err(EmulatorError::Config(format!(

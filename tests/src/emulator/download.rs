@@ -236,6 +236,13 @@ async fn respond(
         ));
     }
     shared.sleep(shared.chaos.latency(&knobs.latency)).await?;
+    // The account's rate limit applies to downloads (HEAD requests are not billed downloads).
+    if !head && let Err(wait) = shared.limiter.admit() {
+        shared.stats.rate_limited();
+        return Err(B2Error::rate_limited(
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        ));
+    }
 
     let query = query(parts);
     let token = match parts.headers.get(header::AUTHORIZATION) {

@@ -131,6 +131,17 @@ impl B2Error {
         e
     }
 
+    /// Over the account's request rate: what B2 answers, with `Retry-After`.
+    pub fn rate_limited(retry_after: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "Too many requests: the account's download rate limit was exceeded",
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     pub fn internal_error(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }

@@ -45,6 +45,7 @@ mod download;
 mod error;
 mod faults;
 pub mod files;
+pub mod ratelimit;
 pub mod stats;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -91,6 +92,7 @@ pub(crate) struct Shared {
     chaos: Chaos,
     stats: Arc<StatsCollector>,
     pacer: Pacer,
+    limiter: ratelimit::Limiter,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -111,6 +113,7 @@ impl Shared {
             self.chaos.clear_first_attempts();
         }
         self.pacer.set_rate(new.bandwidth_rate());
+        self.limiter.set(new.rate_limit);
         *knobs = new;
         Ok(())
     }
@@ -305,6 +308,12 @@ impl EmulatorBuilder {
         self
     }
 
+    /// An account-wide download rate limit: `rps` per second with a bucket of `burst` (0: one second's worth).
+    pub fn rate_limit(mut self, rps: f64, burst: f64) -> Self {
+        self.knobs.rate_limit = ratelimit::RateLimit { rps, burst };
+        self
+    }
+
     /// Token lifetime (default 24 h).
     pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
         self.knobs.token_lifetime = lifetime;
@@ -372,6 +381,7 @@ impl EmulatorBuilder {
             },
             chaos: Chaos::new(self.knobs.seed),
             pacer: Pacer::new(self.knobs.bandwidth_rate()),
+            limiter: ratelimit::Limiter::new(self.knobs.rate_limit),
             knobs: RwLock::new(self.knobs),
             files,
             tokens: TokenStore::default(),

@@ -111,6 +111,9 @@ pub struct Stats {
     pub faults: FaultCounts,
     /// Downloads that got the `first_attempt_delay` stall.
     pub first_attempt_delays: u64,
+    /// Downloads refused with 429 by the account rate limit (not an injected fault).
+    #[serde(default)]
+    pub rate_limited: u64,
     /// GET downloads in flight now.
     pub downloads_in_flight: u64,
     /// Highest `downloads_in_flight` since start or the last reset.
@@ -140,6 +143,7 @@ pub(crate) struct StatsCollector {
     fault_wrong_range: AtomicU64,
     fault_offline: AtomicU64,
     first_attempt_delays: AtomicU64,
+    rate_limited: AtomicU64,
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
     connections: AtomicU64,
@@ -186,6 +190,10 @@ impl StatsCollector {
 
     pub fn offline(&self) {
         bump(&self.fault_offline);
+    }
+
+    pub fn rate_limited(&self) {
+        bump(&self.rate_limited);
     }
 
     pub fn first_attempt_delay(&self) {
@@ -246,6 +254,7 @@ impl StatsCollector {
                 offline: load(&self.fault_offline),
             },
             first_attempt_delays: load(&self.first_attempt_delays),
+            rate_limited: load(&self.rate_limited),
             downloads_in_flight: load(&self.in_flight),
             peak_downloads_in_flight: load(&self.peak_in_flight),
             connections_opened: load(&self.connections),
@@ -279,6 +288,7 @@ impl StatsCollector {
             &self.fault_wrong_range,
             &self.fault_offline,
             &self.first_attempt_delays,
+            &self.rate_limited,
             &self.connections,
         ] {
             a.store(0, Ordering::Relaxed);
