@@ -234,9 +234,23 @@ pub struct FetchConfig {
     /// Upper bound of the read-ahead window that sequential streams grow.
     #[serde(default = "default_readahead_max")]
     pub readahead_max: ByteSize,
-    /// Upstream requests in flight at most.
+    /// Upstream requests in flight at most: the ceiling of the adaptive limit.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
+    /// The adaptive limit never goes below this.
+    #[serde(default = "default_min_concurrency")]
+    pub min_concurrency: usize,
+    /// Adapt the concurrency limit to latency and errors (off: always `max_concurrency`).
+    #[serde(default = "default_true")]
+    pub adaptive_concurrency: bool,
+    /// Upstream requests started per second at most (B2 limits an account to about 500); cut when B2
+    /// throttles and given back after. 0 = no pacing.
+    #[serde(default = "default_max_requests_per_second")]
+    pub max_requests_per_second: f64,
+    /// When requests wait, serve reads of files with a lookup in progress first, then new reads, then
+    /// read-ahead (off: one FIFO queue).
+    #[serde(default = "default_true")]
+    pub prioritize: bool,
     /// Timeout of one upstream attempt.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -291,7 +305,13 @@ fn default_readahead_max() -> ByteSize {
     ByteSize::mib(8)
 }
 fn default_max_concurrency() -> usize {
-    64
+    512
+}
+fn default_min_concurrency() -> usize {
+    8
+}
+fn default_max_requests_per_second() -> f64 {
+    400.0
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(3)
@@ -315,6 +335,10 @@ impl Default for FetchConfig {
             min_fetch: default_min_fetch(),
             readahead_max: default_readahead_max(),
             max_concurrency: default_max_concurrency(),
+            min_concurrency: default_min_concurrency(),
+            adaptive_concurrency: true,
+            max_requests_per_second: default_max_requests_per_second(),
+            prioritize: true,
             timeout: default_timeout(),
             read_deadline: default_read_deadline(),
             breaker_threshold: default_breaker_threshold(),
@@ -538,10 +562,25 @@ impl Config {
         if self.fetch.readahead_max.as_u64() > 256 << 20 {
             return Err(invalid("fetch.readahead_max", "must be at most 256MiB"));
         }
-        if self.fetch.max_concurrency == 0 || self.fetch.max_concurrency > 1024 {
+        if self.fetch.max_concurrency == 0 || self.fetch.max_concurrency > 4096 {
             return Err(invalid(
                 "fetch.max_concurrency",
-                "must be between 1 and 1024",
+                "must be between 1 and 4096",
+            ));
+        }
+        if self.fetch.min_concurrency == 0
+            || self.fetch.min_concurrency > self.fetch.max_concurrency
+        {
+            return Err(invalid(
+                "fetch.min_concurrency",
+                "must be between 1 and fetch.max_concurrency",
+            ));
+        }
+        let rps = self.fetch.max_requests_per_second;
+        if !rps.is_finite() || !(0.0..=100_000.0).contains(&rps) {
+            return Err(invalid(
+                "fetch.max_requests_per_second",
+                "must be between 0 (off) and 100000",
             ));
         }
         if self.fetch.timeout < Duration::from_millis(100) {

@@ -44,6 +44,13 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     pub upstream_inflight: IntGauge,
     pub upstream_circuit_state: IntGauge,
+    pub upstream_concurrency_limit: IntGauge,
+    pub upstream_rate_limit: Gauge,
+    pub upstream_queued: IntGauge,
+    pub upstream_queue_wait: HistogramVec,
+    pub upstream_paced: IntCounter,
+    pub upstream_promoted: IntCounter,
+    pub upstream_throttled: IntCounter,
     pub upstream_connections: IntCounter,
     pub hedges_issued: IntCounter,
     pub hedges_won: IntCounter,
@@ -183,6 +190,42 @@ impl Metrics {
                 &["reason"],
             )?,
             upstream_inflight: int_gauge(&r, "upstream_inflight", "Upstream requests in flight")?,
+            upstream_concurrency_limit: int_gauge(
+                &r,
+                "upstream_concurrency_limit",
+                "Upstream requests allowed in flight now (adapts between fetch.min_concurrency and fetch.max_concurrency)",
+            )?,
+            upstream_rate_limit: gauge(
+                &r,
+                "upstream_rate_limit_rps",
+                "Upstream requests allowed to start per second now (0: no pace); cut when B2 throttles, given back after",
+            )?,
+            upstream_queued: int_gauge(
+                &r,
+                "upstream_queued",
+                "Upstream requests waiting for a concurrency slot or the pace",
+            )?,
+            upstream_queue_wait: histogram_vec(
+                &r,
+                "upstream_queue_wait_seconds",
+                "Time upstream requests waited for admission, by class (continuing lookups, new reads, background read-ahead)",
+                &["class"],
+            )?,
+            upstream_paced: counter(
+                &r,
+                "upstream_delayed_total",
+                "Upstream requests that waited for admission (concurrency or pace) before they were sent",
+            )?,
+            upstream_promoted: counter(
+                &r,
+                "upstream_promoted_total",
+                "Waiting upstream requests sent ahead of their class because they had waited too long",
+            )?,
+            upstream_throttled: counter(
+                &r,
+                "upstream_throttled_total",
+                "Upstream answers that throttled (429, or 503 with Retry-After)",
+            )?,
             upstream_circuit_state: int_gauge(
                 &r,
                 "upstream_circuit_state",
@@ -304,6 +347,9 @@ impl Metrics {
             self.fetch_errors.with_label_values(&[reason]);
         }
         self.cache_errors.with_label_values(&["read"]);
+        for class in ["continuing", "new", "background"] {
+            self.upstream_queue_wait.with_label_values(&[class]);
+        }
         for outcome in ["hit_memory", "hit_disk", "miss", "error"] {
             self.requests.with_label_values(&["file", outcome]);
             self.request_duration.with_label_values(&["file", outcome]);

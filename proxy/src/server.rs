@@ -17,10 +17,15 @@ use crate::fetch::{FetchSettings, Fetcher};
 use crate::metrics::Metrics;
 use crate::policy::breaker::BreakerSettings;
 use crate::policy::hedge::HedgeSettings;
-use crate::policy::{PolicySettings, Upstream};
+use crate::policy::{PolicySettings, Upstream, schedule};
 use crate::upstream::ObjectSource;
 use crate::upstream::b2::B2Source;
 use crate::upstream::local::LocalSource;
+
+/// Where the adaptive upstream concurrency limit starts (it grows while requests queue and B2 answers well).
+const INITIAL_CONCURRENCY: usize = 64;
+/// A waiting upstream request goes next, whatever its class, after this long (nothing starves).
+const PROMOTE_AFTER: Duration = Duration::from_millis(750);
 
 /// Retry deadline of one catalog listing page (listing is not latency-critical; a reader never waits on it).
 const LIST_DEADLINE: Duration = Duration::from_secs(60);
@@ -88,7 +93,7 @@ impl Proxy {
             (Some(b2), _) => {
                 let http = http_client(
                     Duration::from_secs(5).min(f.timeout),
-                    f.max_concurrency * 2,
+                    f.max_concurrency.min(1024),
                     metrics.upstream_connections.clone(),
                 )?;
                 Arc::new(B2Source::new(
@@ -255,7 +260,15 @@ impl PolicySettings {
     /// The policy the `[fetch]` section describes.
     pub fn from_config(f: &crate::config::FetchConfig) -> Self {
         Self {
-            max_concurrency: f.max_concurrency,
+            schedule: schedule::Settings {
+                max_concurrency: f.max_concurrency,
+                min_concurrency: f.min_concurrency,
+                initial_concurrency: INITIAL_CONCURRENCY,
+                max_rps: f.max_requests_per_second,
+                promote_after: PROMOTE_AFTER,
+                adaptive: f.adaptive_concurrency,
+                prioritize: f.prioritize,
+            },
             attempt_timeout: f.timeout,
             read_deadline: f.read_deadline,
             min_backoff: Duration::from_millis(50),

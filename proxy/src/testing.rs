@@ -16,7 +16,7 @@ use crate::fetch::{FetchSettings, Fetcher};
 use crate::metrics::Metrics;
 use crate::policy::breaker::BreakerSettings;
 use crate::policy::hedge::HedgeSettings;
-use crate::policy::{PolicySettings, Upstream};
+use crate::policy::{PolicySettings, Upstream, schedule};
 use crate::sync::Mutex;
 use crate::upstream::mock::MockSource;
 
@@ -73,7 +73,15 @@ impl BlockCache for MapCache {
 /// Settings of a test stack: small blocks so a few KiB exercise every path.
 pub fn policy_settings() -> PolicySettings {
     PolicySettings {
-        max_concurrency: 64,
+        schedule: schedule::Settings {
+            max_concurrency: 64,
+            min_concurrency: 4,
+            initial_concurrency: 64,
+            max_rps: 0.0,
+            promote_after: Duration::from_millis(750),
+            adaptive: false,
+            prioritize: true,
+        },
         attempt_timeout: Duration::from_secs(2),
         read_deadline: Duration::from_secs(5),
         min_backoff: Duration::from_millis(50),

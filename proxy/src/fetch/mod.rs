@@ -16,6 +16,7 @@
 pub mod inflight;
 pub mod readahead;
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -28,7 +29,9 @@ use self::readahead::{Prefetched, Streams};
 use crate::cache::{BlockCache, BlockKey, Tier};
 use crate::metrics::Metrics;
 use crate::policy::{Purpose, Upstream};
+use crate::sync::Mutex;
 use crate::upstream::{ObjectInfo, UpstreamError};
+use tokio::time::Instant;
 
 /// Largest single background read-ahead GET: blocks become readable as each run lands.
 const READAHEAD_RUN: u64 = 1 << 20;
@@ -36,6 +39,10 @@ const READAHEAD_RUN: u64 = 1 << 20;
 const MAX_RUN: u64 = 16 << 20;
 /// Times a read looks in the cache again for a block that landed while it planned, before fetching it itself.
 const MAX_REPLANS: usize = 3;
+/// A file with a read answered this recently has a lookup in progress: its misses go upstream first.
+pub const CONTINUE_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
+/// Files remembered for that (a farm's lookups in flight are far fewer).
+const MAX_ANSWERED: usize = 1 << 14;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
@@ -106,6 +113,8 @@ pub struct Fetcher {
     inflight: Arc<InflightTable<BlockKey, Pending>>,
     streams: Streams,
     prefetched: Prefetched<BlockKey>,
+    /// When each file last had a read answered: tells a lookup in progress from a new one.
+    answered: Mutex<HashMap<Arc<str>, Instant>>,
     metrics: Arc<Metrics>,
     on_changed: Box<dyn Fn() + Send + Sync>,
 }
@@ -125,6 +134,7 @@ impl Fetcher {
             settings,
             inflight: Arc::default(),
             prefetched: Prefetched::default(),
+            answered: Mutex::new(HashMap::new()),
             metrics,
             on_changed,
         }
@@ -257,7 +267,28 @@ impl Fetcher {
         }
 
         let out = assemble(&blocks, first * bs, &range)?;
+        self.note_answered(&obj.id);
         Ok((out, outcome))
+    }
+
+    fn note_answered(&self, id: &Arc<str>) {
+        let mut m = self.answered.lock();
+        if m.len() >= MAX_ANSWERED && !m.contains_key(id) {
+            let now = Instant::now();
+            m.retain(|_, t| now.duration_since(*t) < CONTINUE_WINDOW);
+            if m.len() >= MAX_ANSWERED {
+                m.clear();
+            }
+        }
+        m.insert(id.clone(), Instant::now());
+    }
+
+    /// How urgent a miss of `obj` is: a lookup in progress on it goes first.
+    fn demand(&self, obj: &ObjectInfo) -> Purpose {
+        match self.answered.lock().get(&obj.id) {
+            Some(t) if t.elapsed() < CONTINUE_WINDOW => Purpose::Continuing,
+            _ => Purpose::New,
+        }
     }
 
     /// Joins fetches in flight and starts runs for the rest; says what to wait for, per missing block.
@@ -302,8 +333,9 @@ impl Fetcher {
         }
         planned.sort_unstable();
         let max_blocks = (MAX_RUN / bs).max(1) as usize;
+        let purpose = self.demand(obj);
         for run in contiguous_runs(&planned, max_blocks) {
-            let pending = self.start_run(&mut table, obj, run[0], run.len(), Purpose::Demand);
+            let pending = self.start_run(&mut table, obj, run[0], run.len(), purpose);
             for (slot, &index) in run.iter().enumerate() {
                 if to_fetch.binary_search(&index).is_ok() {
                     plans.push(Plan::Wait(

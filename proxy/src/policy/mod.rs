@@ -6,43 +6,59 @@
 //! 3. **retry** ([`crate::upstream::retry`]): exponential backoff with jitter, `Retry-After` honoured, an
 //!    expired token retried at once (the source renews it once for all waiters, [`crate::upstream::auth`]).
 //! 4. **hedge** ([`hedge`]): a slow attempt is raced by a second one; the loser is cancelled (and counted).
-//! 5. **attempt**: a concurrency permit (at most `max_concurrency` upstream requests in flight), the attempt
-//!    timeout, one [`ObjectSource::read`], and the breaker told how it went.
+//!    No hedges while the upstream is throttling: they would only add to what it refuses.
+//! 5. **attempt**: admission by the [`schedule`]r (adaptive concurrency, pacing under B2's rate limit,
+//!    lookups in progress first), the attempt timeout, one [`ObjectSource::read`], and the breaker and the
+//!    scheduler told how it went.
 //!
 //! Each layer is tested on tokio's paused clock against [`crate::upstream::mock::MockSource`]; nothing here
 //! knows B2.
 
 pub mod breaker;
 pub mod hedge;
+pub mod schedule;
 
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
 
 use self::breaker::{Breaker, BreakerSettings, Transition};
 use self::hedge::{HedgeSettings, Hedger, MAX_HEDGED_BYTES};
+use self::schedule::{Class, SAMPLE_MAX_BYTES, Scheduler, Signal};
 use crate::metrics::Metrics;
 use crate::sync::Mutex;
 use crate::upstream::retry::{RetryPolicy, retry};
 use crate::upstream::{ObjectInfo, ObjectSource, UpstreamError};
 
-/// What a read is for: it decides which layers apply.
+/// What a read is for: it decides which layers apply and how urgent it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
+    /// A reader waits on it, and the file had a read answered moments ago (a lookup in progress): retried,
+    /// hedged, admitted first.
+    Continuing,
     /// A reader waits on it: retried, hedged.
-    Demand,
+    New,
     /// Fetched ahead of a sequential reader: retried, never hedged (bandwidth-bound; hedging would spend the
-    /// budget and skew the latency window).
+    /// budget and skew the latency window), admitted last.
     ReadAhead,
+}
+
+impl Purpose {
+    fn class(self) -> Class {
+        match self {
+            Purpose::Continuing => Class::Continuing,
+            Purpose::New => Class::New,
+            Purpose::ReadAhead => Class::Background,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct PolicySettings {
-    /// Upstream requests in flight at most.
-    pub max_concurrency: usize,
+    /// Admission: concurrency, pace, priority.
+    pub schedule: schedule::Settings,
     /// Timeout of one attempt.
     pub attempt_timeout: Duration,
     /// A read, everything included, fails after this.
@@ -58,7 +74,7 @@ pub struct PolicySettings {
 pub struct Upstream {
     source: Arc<dyn ObjectSource>,
     settings: PolicySettings,
-    permits: Semaphore,
+    scheduler: Arc<Scheduler>,
     breaker: Breaker,
     hedger: Option<Hedger>,
     /// The file of the latest attempt: what the background probe reads one byte of.
@@ -75,7 +91,7 @@ impl Upstream {
         metrics.upstream_circuit_state.set(0);
         Arc::new(Self {
             source,
-            permits: Semaphore::new(settings.max_concurrency),
+            scheduler: Scheduler::new(settings.schedule.clone(), metrics.clone()),
             breaker: Breaker::new(settings.breaker.clone()),
             hedger: settings
                 .hedge
@@ -103,7 +119,11 @@ impl Upstream {
 
     /// Fails queued and future reads at once (shutdown): nothing waits for a permit that will not come.
     pub fn close(&self) {
-        self.permits.close();
+        self.scheduler.close();
+    }
+
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.scheduler
     }
 
     /// Exactly `range` of `obj`, or an error within `read_deadline`.
@@ -145,7 +165,8 @@ impl Upstream {
             min_delay: self.settings.min_backoff,
             max_delay: self.settings.max_backoff,
         };
-        let hedged = purpose == Purpose::Demand && range.end - range.start <= MAX_HEDGED_BYTES;
+        let class = purpose.class();
+        let hedged = purpose != Purpose::ReadAhead && range.end - range.start <= MAX_HEDGED_BYTES;
         retry(
             &policy,
             |e| {
@@ -159,31 +180,48 @@ impl Upstream {
                 // An open circuit ends retry loops in progress too: their reader should hear it now.
                 self.breaker.check().map_err(|e| with_last(e, last))?;
                 match (&self.hedger, hedged) {
-                    (Some(h), true) => h.race(|| self.attempt(obj, range.clone())).await,
-                    _ => self.attempt(obj, range.clone()).await,
+                    (Some(h), true) if !self.scheduler.limiting() => {
+                        h.race(|| self.attempt(obj, range.clone(), class)).await
+                    }
+                    _ => self.attempt(obj, range.clone(), class).await,
                 }
             },
         )
         .await
     }
 
-    /// One attempt: a permit, the attempt timeout, the source, and the breaker told the outcome.
+    /// One attempt: admission, the attempt timeout, the source, and the breaker and scheduler told the outcome.
     async fn attempt(
         self: &Arc<Self>,
         obj: &ObjectInfo,
         range: Range<u64>,
+        class: Class,
     ) -> Result<Bytes, UpstreamError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| UpstreamError::ShuttingDown)?;
+        let permit = self.scheduler.acquire(class).await?;
         *self.probe_target.lock() = Some(obj.clone());
         let timeout = self.settings.attempt_timeout;
+        let sample = range.end - range.start <= SAMPLE_MAX_BYTES;
         let result = tokio::time::timeout(timeout, self.source.read(obj, range))
             .await
             .unwrap_or(Err(UpstreamError::Timeout(timeout)));
         self.note(self.breaker.record(result.as_ref().map(|_| ())));
+        let signal = match &result {
+            Ok(_) => Signal::Answered { sample },
+            Err(e) => {
+                let throttled = matches!(e, UpstreamError::Status { status: 429, .. })
+                    || (matches!(e, UpstreamError::Status { status: 503, .. })
+                        && e.retry_after().is_some());
+                if throttled {
+                    self.scheduler.throttled(e.retry_after());
+                }
+                if throttled || e.is_outage() {
+                    Signal::Overload
+                } else {
+                    Signal::Neutral
+                }
+            }
+        };
+        permit.done(signal);
         result
     }
 
@@ -230,7 +268,7 @@ async fn probe_until_closed(upstream: std::sync::Weak<Upstream>) {
             return;
         }
         tracing::debug!(file = %target.name, "probing upstream");
-        let r = u.attempt(&target, 0..1).await;
+        let r = u.attempt(&target, 0..1, Class::Continuing).await;
         if r.is_ok() || !u.breaker.is_open() {
             return;
         }

@@ -1,6 +1,7 @@
 //! The policy's behaviours on a paused clock against the mock source: every time asserted here is exact
 //! (tokio advances the clock only when every task waits), and nothing depends on the machine's speed.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ async fn a_slow_first_attempt_is_hedged_the_first_answer_wins_and_the_loser_is_c
     let t0 = Instant::now();
     let got = s
         .upstream
-        .read(&obj, 0..4096, Purpose::Demand)
+        .read(&obj, 0..4096, Purpose::New)
         .await
         .expect("read");
     // The hedge goes out at the initial 250 ms threshold and answers 50 ms later.
@@ -58,7 +59,7 @@ async fn the_hedge_threshold_follows_the_latency_quantile_within_its_clamp() {
     s.source.script(|_| Step::after(10 * MS));
     for _ in 0..40 {
         s.upstream
-            .read(&obj, 0..100, Purpose::Demand)
+            .read(&obj, 0..100, Purpose::New)
             .await
             .expect("read");
     }
@@ -70,7 +71,7 @@ async fn the_hedge_threshold_follows_the_latency_quantile_within_its_clamp() {
     s.source.script(|_| Step::after(120 * MS));
     for _ in 0..60 {
         s.upstream
-            .read(&obj, 0..100, Purpose::Demand)
+            .read(&obj, 0..100, Purpose::New)
             .await
             .expect("read");
     }
@@ -94,7 +95,7 @@ async fn hedges_stay_within_the_budget_when_everything_is_slow() {
     s.source.script(|_| Step::after(1500 * MS));
     for _ in 0..100 {
         s.upstream
-            .read(&obj, 0..100, Purpose::Demand)
+            .read(&obj, 0..100, Purpose::New)
             .await
             .expect("read");
     }
@@ -114,7 +115,7 @@ async fn read_ahead_and_large_runs_are_never_hedged() {
         .await
         .expect("read-ahead");
     s.upstream
-        .read(&obj, 0..(2 << 20), Purpose::Demand)
+        .read(&obj, 0..(2 << 20), Purpose::New)
         .await
         .expect("large");
     assert_eq!(s.source.count(), 2);
@@ -131,7 +132,7 @@ async fn retry_after_is_honoured_and_the_retry_succeeds() {
     ]);
     let t0 = Instant::now();
     s.upstream
-        .read(&obj, 0..10, Purpose::Demand)
+        .read(&obj, 0..10, Purpose::New)
         .await
         .expect("read");
     // 10 ms, then exactly the 2 s Retry-After (above any backoff the settings allow), then 10 ms.
@@ -152,7 +153,7 @@ async fn a_retry_after_beyond_the_deadline_fails_now_instead_of_sleeping_past_it
     let t0 = Instant::now();
     let e = s
         .upstream
-        .read(&obj, 0..10, Purpose::Demand)
+        .read(&obj, 0..10, Purpose::New)
         .await
         .expect_err("no time to wait 30 s");
     assert!(
@@ -170,7 +171,7 @@ async fn a_frozen_upstream_fails_the_read_exactly_at_the_deadline() {
     let t0 = Instant::now();
     let e = s
         .upstream
-        .read(&obj, 0..10, Purpose::Demand)
+        .read(&obj, 0..10, Purpose::New)
         .await
         .expect_err("frozen");
     assert_eq!(t0.elapsed(), Duration::from_secs(5), "read_deadline");
@@ -194,7 +195,7 @@ async fn non_retryable_errors_fail_at_once() {
         .push([Step::fail(MS, UpstreamError::NotFound("f".into()))]);
     let e = s
         .upstream
-        .read(&obj, 0..10, Purpose::Demand)
+        .read(&obj, 0..10, Purpose::New)
         .await
         .expect_err("404");
     assert!(matches!(e, UpstreamError::NotFound(_)));
@@ -212,7 +213,7 @@ async fn bad_answers_are_retried_and_never_returned() {
     ]);
     let got = s
         .upstream
-        .read(&obj, 1000..3000, Purpose::Demand)
+        .read(&obj, 1000..3000, Purpose::New)
         .await
         .expect("read");
     assert_eq!(got, pattern(8192, 9).slice(1000..3000));
@@ -221,7 +222,7 @@ async fn bad_answers_are_retried_and_never_returned() {
     s.source.push([Step::with(MS, Fault::Foreign)]);
     let e = s
         .upstream
-        .read(&obj, 0..10, Purpose::Demand)
+        .read(&obj, 0..10, Purpose::New)
         .await
         .expect_err("foreign");
     assert!(matches!(e, UpstreamError::Changed(_)), "{e:?}");
@@ -229,14 +230,19 @@ async fn bad_answers_are_retried_and_never_returned() {
 
 #[tokio::test(start_paused = true)]
 async fn the_breaker_opens_on_an_outage_fails_fast_and_a_background_probe_closes_it() {
-    let s = Stack::default_stack();
+    // Short backoff: the failing read ends within 100 ms of the circuit opening, so the probes counted below
+    // are exactly those of the 2.5 s that follow.
+    let s = stack_with(|p| {
+        p.min_backoff = 10 * MS;
+        p.max_backoff = 50 * MS;
+    });
     let obj = s.source.add_file("f", pattern(4096, 10));
     s.source.script(|_| Step::fail(20 * MS, unavailable(None)));
     let t0 = Instant::now();
     // One read's own retries fail 5 times over more than 500 ms: the circuit opens and ends that read too.
     let e = s
         .upstream
-        .read(&obj, 0..10, Purpose::Demand)
+        .read(&obj, 0..10, Purpose::New)
         .await
         .expect_err("outage");
     assert!(matches!(e, UpstreamError::CircuitOpen { .. }), "{e:?}");
@@ -248,7 +254,7 @@ async fn the_breaker_opens_on_an_outage_fails_fast_and_a_background_probe_closes
     let t1 = Instant::now();
     let e = s
         .upstream
-        .read(&obj, 0..10, Purpose::Demand)
+        .read(&obj, 0..10, Purpose::New)
         .await
         .expect_err("fast");
     assert!(matches!(e, UpstreamError::CircuitOpen { .. }));
@@ -267,7 +273,7 @@ async fn the_breaker_opens_on_an_outage_fails_fast_and_a_background_probe_closes
     let probe = s.source.calls().pop().expect("probe");
     assert_eq!(probe.range, 0..1, "a probe reads one byte");
     s.upstream
-        .read(&obj, 0..10, Purpose::Demand)
+        .read(&obj, 0..10, Purpose::New)
         .await
         .expect("served again");
 }
@@ -286,7 +292,7 @@ async fn a_few_failures_among_answers_do_not_open_the_circuit() {
     });
     for _ in 0..50 {
         s.upstream
-            .read(&obj, 0..10, Purpose::Demand)
+            .read(&obj, 0..10, Purpose::New)
             .await
             .expect("retried to success");
     }
@@ -295,14 +301,14 @@ async fn a_few_failures_among_answers_do_not_open_the_circuit() {
 
 #[tokio::test(start_paused = true)]
 async fn upstream_concurrency_is_capped_and_queued_reads_still_finish() {
-    let s = stack_with(|p| p.max_concurrency = 4);
+    let s = stack_with(|p| p.schedule.max_concurrency = 4);
     let obj = s.source.add_file("f", pattern(4096, 12));
     s.source.script(|_| Step::after(100 * MS));
     let t0 = Instant::now();
     let reads: Vec<_> = (0..10)
         .map(|i| {
             let (u, o) = (s.upstream.clone(), obj.clone());
-            tokio::spawn(async move { u.read(&o, i..i + 1, Purpose::Demand).await })
+            tokio::spawn(async move { u.read(&o, i..i + 1, Purpose::New).await })
         })
         .collect();
     for r in reads {
@@ -326,14 +332,14 @@ async fn upstream_concurrency_is_capped_and_queued_reads_still_finish() {
 
 #[tokio::test(start_paused = true)]
 async fn closing_fails_queued_reads_at_once() {
-    let s = stack_with(|p| p.max_concurrency = 1);
+    let s = stack_with(|p| p.schedule.max_concurrency = 1);
     let obj = s.source.add_file("f", pattern(4096, 13));
     s.source.script(|_| Step::after(1000 * MS));
     let (u, o) = (s.upstream.clone(), obj.clone());
-    let first = tokio::spawn(async move { u.read(&o, 0..1, Purpose::Demand).await });
+    let first = tokio::spawn(async move { u.read(&o, 0..1, Purpose::New).await });
     tokio::time::sleep(MS).await;
     let (u, o) = (s.upstream.clone(), obj.clone());
-    let queued = tokio::spawn(async move { u.read(&o, 1..2, Purpose::Demand).await });
+    let queued = tokio::spawn(async move { u.read(&o, 1..2, Purpose::New).await });
     tokio::time::sleep(MS).await;
     s.upstream.close();
     let e = queued.await.expect("join").expect_err("closed");
@@ -343,4 +349,249 @@ async fn closing_fails_queued_reads_at_once() {
         .expect("join")
         .expect("the running read finishes");
     let _: Arc<Upstream> = s.upstream;
+}
+
+fn with_schedule(f: impl FnOnce(&mut schedule::Settings)) -> Stack {
+    stack_with(|p| f(&mut p.schedule))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lookup_in_progress_overtakes_queued_new_reads_and_read_ahead_goes_last() {
+    let s = with_schedule(|c| c.max_concurrency = 1);
+    let obj = s.source.add_file("f", pattern(4096, 20));
+    s.source.script(|_| Step::after(100 * MS));
+    let spawn = |range: Range<u64>, purpose: Purpose| {
+        let (u, o) = (s.upstream.clone(), obj.clone());
+        tokio::spawn(async move { u.read(&o, range, purpose).await })
+    };
+    // The one slot is busy; then, in this order: read-ahead, two new reads, a continuing lookup.
+    let busy = spawn(0..1, Purpose::New);
+    tokio::time::sleep(MS).await;
+    let ahead = spawn(1..2, Purpose::ReadAhead);
+    tokio::time::sleep(MS).await;
+    let new_a = spawn(2..3, Purpose::New);
+    tokio::time::sleep(MS).await;
+    let new_b = spawn(3..4, Purpose::New);
+    tokio::time::sleep(MS).await;
+    let cont = spawn(4..5, Purpose::Continuing);
+    for h in [busy, ahead, new_a, new_b, cont] {
+        h.await.expect("join").expect("read");
+    }
+    let order: Vec<u64> = s.source.calls().iter().map(|c| c.range.start).collect();
+    assert_eq!(
+        order,
+        vec![0, 4, 2, 3, 1],
+        "continuing, then new FIFO, then read-ahead"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_starves_a_waiting_read_is_promoted_after_a_bounded_wait() {
+    let s = with_schedule(|c| c.max_concurrency = 1);
+    let obj = s.source.add_file("f", pattern(4096, 21));
+    s.source.script(|_| Step::after(100 * MS));
+    // A steady stream of continuing lookups that alone would keep the slot busy forever...
+    let stream = {
+        let (u, o) = (s.upstream.clone(), obj.clone());
+        tokio::spawn(async move {
+            let mut handles = Vec::new();
+            for i in 0..30u64 {
+                let (u, o) = (u.clone(), o.clone());
+                handles.push(tokio::spawn(async move {
+                    u.read(&o, 10 + i..11 + i, Purpose::Continuing).await
+                }));
+                tokio::time::sleep(50 * MS).await;
+            }
+            for h in handles {
+                let _ = h.await;
+            }
+        })
+    };
+    tokio::time::sleep(10 * MS).await;
+    let t0 = Instant::now();
+    s.upstream
+        .read(&obj, 0..1, Purpose::ReadAhead)
+        .await
+        .expect("read-ahead");
+    let waited = t0.elapsed();
+    // ...yet the read-ahead goes after at most promote_after (750 ms) plus the request in flight and its own.
+    assert!(waited <= 750 * MS + 200 * MS, "waited {waited:?}");
+    assert!(s.metric("b2proxy_upstream_promoted_total", &[]) >= 1.0);
+    stream.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_are_paced_under_the_configured_rate() {
+    let s = with_schedule(|c| c.max_rps = 50.0);
+    let obj = s.source.add_file("f", pattern(4096, 22));
+    s.source.script(|_| Step::after(10 * MS));
+    let t0 = Instant::now();
+    let reads: Vec<_> = (0..100u64)
+        .map(|i| {
+            let (u, o) = (s.upstream.clone(), obj.clone());
+            tokio::spawn(async move { u.read(&o, i..i + 1, Purpose::New).await })
+        })
+        .collect();
+    for r in reads {
+        r.await.expect("join").expect("read");
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= 1900 * MS && took <= 2100 * MS,
+        "100 requests at 50/s took {took:?}"
+    );
+    let starts: Vec<Instant> = s.source.calls().iter().map(|c| c.started).collect();
+    for (i, &t) in starts.iter().enumerate() {
+        let in_window = starts[i..]
+            .iter()
+            .take_while(|&&u| u - t < Duration::from_secs(1))
+            .count();
+        assert!(
+            in_window <= 55,
+            "{in_window} requests within one second from {:?}",
+            t - t0
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_backs_off_for_the_whole_upstream_no_429_reaches_a_reader_and_the_pace_recovers()
+{
+    let s = with_schedule(|c| c.max_rps = 100.0);
+    let obj = s.source.add_file("f", pattern(4096, 23));
+    // The upstream accepts 40 requests per second (a sliding window) and answers 429 with Retry-After 1 above.
+    let window: Arc<crate::sync::Mutex<std::collections::VecDeque<Instant>>> = Arc::default();
+    let w = window.clone();
+    s.source.script(move |c| {
+        let mut w = w.lock();
+        while w
+            .front()
+            .is_some_and(|&t| c.started - t >= Duration::from_secs(1))
+        {
+            w.pop_front();
+        }
+        if w.len() >= 40 {
+            Step::fail(
+                5 * MS,
+                UpstreamError::Status {
+                    status: 429,
+                    code: "too_many_requests".into(),
+                    message: String::new(),
+                    retry_after: Some(Duration::from_secs(1)),
+                },
+            )
+        } else {
+            w.push_back(c.started);
+            Step::after(5 * MS)
+        }
+    });
+    let reads: Vec<_> = (0..120u64)
+        .map(|i| {
+            let (u, o) = (s.upstream.clone(), obj.clone());
+            tokio::spawn(async move {
+                // 40 reads a second offered: at the upstream's limit once paced.
+                tokio::time::sleep(Duration::from_millis(i * 25)).await;
+                u.read(&o, i..i + 1, Purpose::New).await
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for r in reads {
+        if r.await.expect("join").is_err() {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0, "a 429 reached a reader");
+    let throttled = s.metric("b2proxy_upstream_throttled_total", &[]);
+    let calls = s.source.count() as f64;
+    assert!(
+        throttled <= 0.1 * calls,
+        "{throttled} 429s in {calls} requests: a storm"
+    );
+    // Calm again: the pace climbs back to the configured rate.
+    assert!(s.upstream.scheduler().rate() <= 100.0);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // The pump adapts while it runs: one more read drives it.
+    s.upstream
+        .read(&obj, 0..1, Purpose::New)
+        .await
+        .expect("read");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.upstream
+        .read(&obj, 1..2, Purpose::New)
+        .await
+        .expect("read");
+    assert_eq!(s.upstream.scheduler().rate(), 100.0, "the pace recovered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedges_stop_while_the_upstream_throttles() {
+    let s = stack_with(|p| {
+        p.hedge = Some(hedge_settings());
+        p.schedule.max_rps = 100.0;
+    });
+    let obj = s.source.add_file("f", pattern(4096, 24));
+    s.upstream
+        .scheduler()
+        .throttled(Some(Duration::from_millis(100)));
+    s.source.script(|_| Step::after(1000 * MS));
+    s.upstream
+        .read(&obj, 0..10, Purpose::New)
+        .await
+        .expect("read");
+    assert_eq!(s.metric("b2proxy_hedges_issued_total", &[]), 0.0);
+    assert_eq!(s.source.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_concurrency_limit_grows_to_the_demand_and_shrinks_when_the_upstream_slows() {
+    let s = with_schedule(|c| {
+        c.adaptive = true;
+        c.max_concurrency = 400;
+        c.initial_concurrency = 16;
+        c.min_concurrency = 4;
+    });
+    let obj = s.source.add_file("f", pattern(1 << 20, 25));
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sl = slow.clone();
+    s.source.script(move |_| {
+        if sl.load(std::sync::atomic::Ordering::Relaxed) {
+            Step::after(400 * MS)
+        } else {
+            Step::after(50 * MS)
+        }
+    });
+    let wave = |n: u64| {
+        let reads: Vec<_> = (0..n)
+            .map(|i| {
+                let (u, o) = (s.upstream.clone(), obj.clone());
+                tokio::spawn(async move { u.read(&o, i..i + 1, Purpose::New).await })
+            })
+            .collect();
+        async move {
+            for r in reads {
+                r.await.expect("join").expect("read");
+            }
+        }
+    };
+    // 300 requests at once, three times: the limit grows from 16 toward the demand.
+    for _ in 0..3 {
+        wave(300).await;
+    }
+    let grown = s.upstream.scheduler().concurrency_limit();
+    assert!(grown >= 200, "limit {grown} after three waves of 300");
+    // The upstream slows down 8x: the limit comes down (a fifth per round trip) rather than piling on.
+    slow.store(true, std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..4 {
+        wave(300).await;
+    }
+    let shrunk = s.upstream.scheduler().concurrency_limit();
+    assert!(
+        shrunk < grown / 2,
+        "limit {shrunk} (was {grown}) with latency 8x the usual"
+    );
+    assert_eq!(
+        s.metric("b2proxy_upstream_concurrency_limit", &[]),
+        shrunk as f64
+    );
 }

@@ -56,7 +56,7 @@ where
         if !err.is_retryable() {
             return Err(err);
         }
-        // A renewed token can be used at once; everything else backs off.
+        // A renewed token can be used at once; everything else backs off, at least `Retry-After`.
         let mut delay = match err {
             UpstreamError::TokenExpired => Duration::ZERO,
             _ => backoff.next().unwrap_or(policy.max_delay),

@@ -1,0 +1,510 @@
+//! Upstream admission: how many requests may be in flight, how many may start per second, and which waiting
+//! request goes next.
+//!
+//! - **Concurrency that adapts** (AIMD on latency and errors): the limit starts at `initial_concurrency` and grows
+//!   while requests queue for it and the upstream answers at its usual latency (by one per answer while no
+//!   overload was seen for a while, like TCP's slow start; else by one per window of answers); it shrinks by a
+//!   fifth on an overload answer (timeout, 5xx, 429) or when answers take more than three times the usual
+//!   latency, at most once per [`DECREASE_GAP`]. `max_concurrency` is the ceiling, `min_concurrency` the floor.
+//! - **Pacing** (a token bucket at the current rate): at most `max_rps` requests start per second; a 429 or 503
+//!   with `Retry-After` pauses the whole upstream briefly ([`MAX_PAUSE`]; the throttled request itself waits its
+//!   whole `Retry-After`) and cuts the rate by a quarter, at most once per second; each second without one gives
+//!   back 5% of the configured rate.
+//!   With `max_rps` 0 there is no pace at all (only the pause).
+//! - **Priority**: [`Class::Continuing`] (a file whose read was answered in the last moments: a lookup in
+//!   progress) goes before [`Class::New`], which goes before [`Class::Background`] (read-ahead); FIFO within a
+//!   class; a request that waited [`Settings::promote_after`] goes next whatever its class, so nothing starves.
+//!
+//! Waiters are served by one pump task; a permit is released when dropped, so a cancelled request (a hedge's
+//! loser, a timeout) gives its slot back at once. Nothing here knows a plot format.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::sync::Mutex;
+use crate::upstream::UpstreamError;
+
+/// Shrinks of the concurrency limit are at least this far apart (one burst of errors is one signal).
+pub const DECREASE_GAP: Duration = Duration::from_millis(200);
+/// Longest pause of the whole upstream after a throttling answer. The throttled request itself waits its whole
+/// `Retry-After` (the retry layer honours it, as B2 asks); everyone else only lets B2's bucket refill a little
+/// while the pace is cut: B2 states `Retry-After` in whole seconds, far longer than its bucket takes to refill.
+pub const MAX_PAUSE: Duration = Duration::from_millis(250);
+/// Overload-free time after which the concurrency limit grows fast again.
+const CALM: Duration = Duration::from_secs(5);
+/// How long a latency baseline stands before the window's minimum replaces it.
+const BASELINE_WINDOW: Duration = Duration::from_secs(10);
+/// Requests up to this size give latency samples (bigger ones are bandwidth-bound).
+pub const SAMPLE_MAX_BYTES: u64 = 256 << 10;
+
+/// Who is waiting, most urgent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Class {
+    /// A read of a file that had a read answered moments ago: a lookup in progress, finish it first.
+    Continuing = 0,
+    /// A read nobody has started on yet.
+    New = 1,
+    /// Read-ahead: nobody waits on it.
+    Background = 2,
+}
+
+impl Class {
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::Continuing => "continuing",
+            Class::New => "new",
+            Class::Background => "background",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_concurrency: usize,
+    pub min_concurrency: usize,
+    pub initial_concurrency: usize,
+    /// Requests started per second at most; 0: no pace.
+    pub max_rps: f64,
+    /// A request waiting this long goes next whatever its class.
+    pub promote_after: Duration,
+    /// Off: the concurrency limit is `max_concurrency`, fixed.
+    pub adaptive: bool,
+    /// Off: one FIFO queue for every class.
+    pub prioritize: bool,
+}
+
+/// How an admitted request ended, for the adaptive limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Answered; `sample`: small enough for its latency to say something about the upstream.
+    Answered { sample: bool },
+    /// Timeout, 5xx, or 429: the upstream is overloaded or limiting.
+    Overload,
+    /// Anything else (404, a changed file): says nothing about load.
+    Neutral,
+}
+
+struct Waiter {
+    tx: oneshot::Sender<Permit>,
+    since: Instant,
+    class: Class,
+}
+
+struct State {
+    limit: f64,
+    inflight: usize,
+    /// Requests queued because of the concurrency limit (not the pace) since the queue last emptied.
+    saturated: bool,
+    /// Current pace, requests/s; 0 = none.
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
+    paused_until: Option<Instant>,
+    last_throttle: Option<Instant>,
+    last_overload: Option<Instant>,
+    last_decrease: Option<Instant>,
+    /// Usual latency of small requests: follows a new minimum down at once; up only to the minimum of the
+    /// last [`BASELINE_WINDOW`], so a lasting slowdown becomes the new usual after a while, a burst never.
+    baseline: Option<Duration>,
+    window_min: Option<Duration>,
+    baseline_since: Instant,
+    /// Grants counted for the observed rate.
+    window_start: Instant,
+    window_grants: u64,
+    observed_rps: f64,
+    queues: [VecDeque<Waiter>; 3],
+    closed: bool,
+}
+
+pub struct Scheduler {
+    settings: Settings,
+    state: Mutex<State>,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // The pump waits on this: let it see the scheduler is gone.
+        self.wake.notify_one();
+    }
+}
+
+/// The right to send one upstream request; released when dropped.
+pub struct Permit {
+    scheduler: Arc<Scheduler>,
+    granted: Instant,
+    armed: bool,
+}
+
+impl Permit {
+    /// Reports how the request went (feeds the adaptive limits), then releases the slot.
+    pub fn done(mut self, signal: Signal) {
+        let latency = self.granted.elapsed();
+        self.scheduler.feedback(signal, latency);
+        self.release();
+    }
+
+    fn release(&mut self) {
+        if std::mem::take(&mut self.armed) {
+            self.scheduler.state.lock().inflight -= 1;
+            self.scheduler.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl Scheduler {
+    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Arc<Self> {
+        let now = Instant::now();
+        let initial = if settings.adaptive {
+            settings.initial_concurrency.clamp(
+                settings.min_concurrency.max(1),
+                settings.max_concurrency.max(1),
+            )
+        } else {
+            settings.max_concurrency.max(1)
+        };
+        let s = Arc::new(Self {
+            state: Mutex::new(State {
+                limit: initial as f64,
+                inflight: 0,
+                saturated: false,
+                rate: settings.max_rps,
+                tokens: settings.max_rps.max(1.0),
+                refilled: now,
+                paused_until: None,
+                last_throttle: None,
+                last_overload: None,
+                last_decrease: None,
+                baseline: None,
+                window_min: None,
+                baseline_since: now,
+                window_start: now,
+                window_grants: 0,
+                observed_rps: 0.0,
+                queues: Default::default(),
+                closed: false,
+            }),
+            wake: Arc::new(Notify::new()),
+            metrics,
+            settings,
+        });
+        s.metrics.upstream_concurrency_limit.set(initial as i64);
+        s.metrics.upstream_rate_limit.set(s.settings.max_rps);
+        tokio::spawn(pump(Arc::downgrade(&s), s.wake.clone()));
+        s
+    }
+
+    /// Waits for the right to send one request of `class`.
+    pub async fn acquire(self: &Arc<Self>, class: Class) -> Result<Permit, UpstreamError> {
+        let class = if self.settings.prioritize {
+            class
+        } else {
+            Class::New
+        };
+        let rx = {
+            let mut st = self.state.lock();
+            if st.closed {
+                return Err(UpstreamError::ShuttingDown);
+            }
+            let now = Instant::now();
+            refill(&mut st, now);
+            let ahead = st.queues[..=class as usize].iter().any(|q| !q.is_empty())
+                || self.aged_head(&st, now).is_some();
+            if !ahead && can_grant(&st, now) {
+                return Ok(self.grant(&mut st, now));
+            }
+            if st.inflight as f64 >= st.limit.floor() {
+                st.saturated = true;
+            }
+            let (tx, rx) = oneshot::channel();
+            st.queues[class as usize].push_back(Waiter {
+                tx,
+                since: now,
+                class,
+            });
+            self.metrics.upstream_queued.inc();
+            rx
+        };
+        self.wake.notify_one();
+        let waited = Instant::now();
+        let permit = rx.await.map_err(|_| UpstreamError::ShuttingDown)?;
+        self.metrics
+            .upstream_queue_wait
+            .with_label_values(&[class.label()])
+            .observe(waited.elapsed().as_secs_f64());
+        Ok(permit)
+    }
+
+    /// Fails every waiter and every later request (shutdown).
+    pub fn close(&self) {
+        let mut st = self.state.lock();
+        st.closed = true;
+        for q in &mut st.queues {
+            q.clear();
+        }
+        self.metrics.upstream_queued.set(0);
+    }
+
+    /// Whether the upstream is limiting us now (paused, or throttled in the last few seconds): hedges would
+    /// only add to what it refuses.
+    pub fn limiting(&self) -> bool {
+        let st = self.state.lock();
+        let now = Instant::now();
+        st.paused_until.is_some_and(|t| t > now)
+            || st
+                .last_throttle
+                .is_some_and(|t| now.duration_since(t) < CALM)
+    }
+
+    /// The upstream throttled a request (429, or 503 with `Retry-After`): pause and slow down for everyone.
+    pub fn throttled(&self, retry_after: Option<Duration>) {
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        if let Some(ra) = retry_after {
+            let until = now + ra.min(MAX_PAUSE);
+            st.paused_until = Some(st.paused_until.map_or(until, |p| p.max(until)));
+        }
+        self.metrics.upstream_throttled.inc();
+        if self.settings.max_rps <= 0.0 {
+            // Pacing is off: the pause above is all (and retries back off on their own).
+            return;
+        }
+        let recent = st
+            .last_throttle
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+        st.last_throttle = Some(now);
+        if recent {
+            return;
+        }
+        // Cut from the pace, or from what was really sent when traffic ran far below the pace (a pace far above
+        // the traffic says nothing about what the upstream accepts).
+        let from = if st.observed_rps > 0.0 && st.observed_rps < st.rate * 0.5 {
+            st.observed_rps
+        } else {
+            st.rate
+        };
+        st.rate = (from * 0.75).max(1.0);
+        st.tokens = st.tokens.min(1.0);
+        self.metrics.upstream_rate_limit.set(st.rate);
+        tracing::warn!(
+            rate = st.rate,
+            ?retry_after,
+            "upstream throttling; pacing requests"
+        );
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    pub fn concurrency_limit(&self) -> usize {
+        self.state.lock().limit.floor() as usize
+    }
+
+    /// Current pace in requests/s (0: none).
+    pub fn rate(&self) -> f64 {
+        self.state.lock().rate
+    }
+
+    fn grant(self: &Arc<Self>, st: &mut State, now: Instant) -> Permit {
+        st.inflight += 1;
+        if st.rate > 0.0 {
+            st.tokens -= 1.0;
+        }
+        st.window_grants += 1;
+        Permit {
+            scheduler: self.clone(),
+            granted: now,
+            armed: true,
+        }
+    }
+
+    /// The oldest waiter of a lower class that has waited long enough to go next.
+    fn aged_head(&self, st: &State, now: Instant) -> Option<usize> {
+        (1..3)
+            .filter_map(|c| st.queues[c].front().map(|w| (c, w.since)))
+            .filter(|(_, since)| now.duration_since(*since) >= self.settings.promote_after)
+            .min_by_key(|(_, since)| *since)
+            .map(|(c, _)| c)
+    }
+
+    /// Grants what can be granted now; returns when to look again if waiters remain blocked by the pace.
+    fn pump_once(self: &Arc<Self>) -> Option<Instant> {
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        refill(&mut st, now);
+        self.adapt_rate(&mut st, now);
+        while can_grant(&st, now) {
+            let class = match self.aged_head(&st, now) {
+                Some(c) => c,
+                None => match (0..3).find(|&c| !st.queues[c].is_empty()) {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            let Some(w) = st.queues[class].pop_front() else {
+                break;
+            };
+            self.metrics.upstream_queued.dec();
+            if w.class > Class::Continuing
+                && now.duration_since(w.since) >= self.settings.promote_after
+            {
+                self.metrics.upstream_promoted.inc();
+            }
+            let permit = self.grant(&mut st, now);
+            self.metrics.upstream_paced.inc();
+            if let Err(mut p) = w.tx.send(permit) {
+                // The waiter is gone: undo under the lock we hold (its Drop would take it again).
+                p.armed = false;
+                st.inflight -= 1;
+                if st.rate > 0.0 {
+                    st.tokens += 1.0;
+                }
+            }
+        }
+        if st.queues.iter().all(VecDeque::is_empty) {
+            st.saturated = false;
+            return None;
+        }
+        if st.inflight as f64 >= st.limit.floor() {
+            st.saturated = true;
+            return None;
+        }
+        let paused = st.paused_until.filter(|t| *t > now);
+        let token_at = (st.rate > 0.0 && st.tokens < 1.0)
+            .then(|| now + Duration::from_secs_f64((1.0 - st.tokens) / st.rate));
+        paused
+            .max(token_at)
+            .or(Some(now + Duration::from_millis(10)))
+    }
+
+    /// Gives back pace once the upstream has stopped throttling; turns an unconfigured pace off again.
+    fn adapt_rate(&self, st: &mut State, now: Instant) {
+        let elapsed = now.duration_since(st.window_start);
+        if elapsed >= Duration::from_secs(1) {
+            st.observed_rps = st.window_grants as f64 / elapsed.as_secs_f64();
+            st.window_grants = 0;
+            st.window_start = now;
+            let calm = st
+                .last_throttle
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+            let max = self.settings.max_rps;
+            if calm && max > 0.0 && st.rate < max {
+                st.rate =
+                    (st.rate + (max * 0.05).max(1.0) * elapsed.as_secs_f64().min(5.0)).min(max);
+                self.metrics.upstream_rate_limit.set(st.rate);
+            }
+        }
+    }
+
+    fn feedback(&self, signal: Signal, latency: Duration) {
+        if !self.settings.adaptive {
+            return;
+        }
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        let (lo, hi) = (
+            self.settings.min_concurrency.max(1) as f64,
+            self.settings.max_concurrency.max(1) as f64,
+        );
+        let decrease = |st: &mut State| {
+            if st
+                .last_decrease
+                .is_none_or(|t| now.duration_since(t) >= DECREASE_GAP)
+            {
+                st.limit = (st.limit * 0.8).max(lo);
+                st.last_decrease = Some(now);
+            }
+        };
+        match signal {
+            Signal::Neutral => {}
+            Signal::Overload => {
+                st.last_overload = Some(now);
+                decrease(&mut st);
+            }
+            Signal::Answered { sample } => {
+                if sample {
+                    st.window_min = Some(st.window_min.map_or(latency, |m| m.min(latency)));
+                    if now.duration_since(st.baseline_since) >= BASELINE_WINDOW {
+                        st.baseline = st.window_min.take();
+                        st.baseline_since = now;
+                    }
+                }
+                let inflated = sample
+                    && match st.baseline {
+                        Some(b) if latency < b => {
+                            st.baseline = Some(latency);
+                            false
+                        }
+                        Some(b) => latency > b * 3 && latency > Duration::from_millis(20),
+                        None => {
+                            st.baseline = Some(latency);
+                            false
+                        }
+                    };
+                if inflated {
+                    decrease(&mut st);
+                } else if st.saturated {
+                    let calm = st
+                        .last_overload
+                        .is_none_or(|t| now.duration_since(t) >= CALM);
+                    st.limit += if calm { 1.0 } else { 1.0 / st.limit };
+                    st.limit = st.limit.min(hi);
+                }
+            }
+        }
+        self.metrics
+            .upstream_concurrency_limit
+            .set(st.limit.floor() as i64);
+        drop(st);
+        // A larger limit may admit waiters.
+        self.wake.notify_one();
+    }
+}
+
+fn refill(st: &mut State, now: Instant) {
+    if st.rate > 0.0 {
+        let dt = now.duration_since(st.refilled).as_secs_f64();
+        // A bucket of a tenth of a second's worth (at least one): a pace, not a burst allowance.
+        let cap = (st.rate / 10.0).max(1.0);
+        st.tokens = (st.tokens + dt * st.rate).min(cap);
+    }
+    st.refilled = now;
+}
+
+fn can_grant(st: &State, now: Instant) -> bool {
+    !st.closed
+        && (st.inflight as f64) < st.limit.floor()
+        && st.paused_until.is_none_or(|t| t <= now)
+        && (st.rate <= 0.0 || st.tokens >= 1.0)
+}
+
+/// Serves waiters as slots, tokens and pauses allow; ends with the scheduler.
+async fn pump(scheduler: Weak<Scheduler>, wake: Arc<Notify>) {
+    loop {
+        let Some(s) = scheduler.upgrade() else { return };
+        let next = s.pump_once();
+        drop(s);
+        // A notification sent since pump_once looked is kept by Notify: none is lost.
+        let notified = wake.notified();
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
