@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod config;
 pub mod fetch;
 pub mod hedge;
+pub mod limits;
 pub mod metrics;
 pub mod range;
 pub mod server;
