@@ -249,7 +249,7 @@ async fn list_files(State(state): State<AppState>, Query(q): Query<ListQuery>) -
             if cursor.done {
                 return None;
             }
-            let Some(reservation) = budget.reserve(LIST_CHUNK + 8192).await else {
+            let Some(reservation) = budget.reserve_stream(LIST_CHUNK + 8192).await else {
                 tracing::warn!("response buffer budget exhausted; aborting a listing");
                 cursor.done = true;
                 return Some((
@@ -467,11 +467,13 @@ async fn get_file(
         chunk_end(range.start, range.end)
     };
     // Paid for before it is fetched: what a response holds in memory stays within the budget.
-    let Some(reservation) = state
-        .budget
-        .reserve((first_end - range.start) as usize)
-        .await
-    else {
+    let want = (first_end - range.start) as usize;
+    let reserved = if len <= SINGLE_SHOT {
+        state.budget.reserve(want).await
+    } else {
+        state.budget.reserve_stream(want).await
+    };
+    let Some(reservation) = reserved else {
         observe(&state.metrics, "file", "busy", start);
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -537,7 +539,7 @@ fn stream_body(
                 return None;
             }
             let next = chunk_end(pos, end);
-            let Some(reservation) = state.budget.reserve((next - pos) as usize).await else {
+            let Some(reservation) = state.budget.reserve_stream((next - pos) as usize).await else {
                 tracing::warn!(file = %obj.name, pos, "response buffer budget exhausted; aborting a stream");
                 return Some((
                     Err(std::io::Error::other("response buffer budget exhausted")),

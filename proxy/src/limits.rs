@@ -22,9 +22,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
 /// Bytes of response bodies held in memory, over all connections.
+///
+/// Streamed bodies (whole files, large ranges, listings) may take at most three quarters of it, so clients that
+/// start big downloads and stop reading cannot starve the small range reads harvesters make: those can always
+/// use the last quarter.
 #[derive(Debug)]
 pub struct ResponseBudget {
     permits: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
     total: usize,
     wait: Duration,
     gauge: IntGauge,
@@ -34,6 +39,7 @@ pub struct ResponseBudget {
 #[derive(Debug)]
 pub struct Reservation {
     _permit: OwnedSemaphorePermit,
+    _stream: Option<OwnedSemaphorePermit>,
     len: usize,
     gauge: IntGauge,
 }
@@ -69,8 +75,10 @@ impl Reservation {
 impl ResponseBudget {
     /// `total` bytes; a reservation waits at most `wait` for room.
     pub fn new(total: usize, wait: Duration, gauge: IntGauge) -> Self {
+        let total = total.min(Semaphore::MAX_PERMITS);
         Self {
-            permits: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))),
+            permits: Arc::new(Semaphore::new(total)),
+            streams: Arc::new(Semaphore::new(total / 4 * 3)),
             total,
             wait,
             gauge,
@@ -81,17 +89,38 @@ impl ResponseBudget {
         self.total
     }
 
-    /// Room for `len` bytes (clamped to the whole budget), or `None` after waiting the configured time.
+    /// Room for `len` bytes of a single-piece answer, or `None` after waiting the configured time.
     pub async fn reserve(&self, len: usize) -> Option<Reservation> {
-        let len = len.clamp(1, self.total.max(1));
+        self.take(len, false).await
+    }
+
+    /// Room for `len` bytes of a streamed body (within the streams' three quarters).
+    pub async fn reserve_stream(&self, len: usize) -> Option<Reservation> {
+        self.take(len, true).await
+    }
+
+    async fn take(&self, len: usize, stream: bool) -> Option<Reservation> {
+        let cap = if stream {
+            self.total / 4 * 3
+        } else {
+            self.total
+        };
+        let len = len.clamp(1, cap.max(1));
         let n = u32::try_from(len).unwrap_or(u32::MAX);
-        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_many_owned(n))
-            .await
-            .ok()?
-            .ok()?;
-        self.gauge.add(n as i64);
+        let acquire = async {
+            let stream = if stream {
+                Some(self.streams.clone().acquire_many_owned(n).await.ok()?)
+            } else {
+                None
+            };
+            let permit = self.permits.clone().acquire_many_owned(n).await.ok()?;
+            Some((permit, stream))
+        };
+        let (permit, stream) = tokio::time::timeout(self.wait, acquire).await.ok()??;
+        self.gauge.add(i64::from(n));
         Some(Reservation {
             _permit: permit,
+            _stream: stream,
             len: n as usize,
             gauge: self.gauge.clone(),
         })
@@ -215,6 +244,24 @@ mod tests {
         drop(clone);
         assert_eq!(g.get(), 0);
         assert!(budget.reserve(600).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn streams_leave_a_quarter_to_single_answers() {
+        let budget = ResponseBudget::new(1000, Duration::from_millis(50), gauge());
+        let s = budget
+            .reserve_stream(700)
+            .await
+            .expect("streams get three quarters");
+        assert!(
+            budget.reserve_stream(100).await.is_none(),
+            "streams are capped"
+        );
+        let small = budget
+            .reserve(250)
+            .await
+            .expect("the last quarter is left for small reads");
+        drop((s, small));
     }
 
     #[tokio::test]

@@ -169,18 +169,44 @@ fn broadcast(f: impl Fn(&DiskHealth)) {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FoyerFaultLayer;
 
-struct MessageVisitor(String);
+/// The event's message and its error field, on one line (foyer's errors print over several).
+#[derive(Default)]
+struct MessageVisitor {
+    message: String,
+    error: String,
+}
 
 impl Visit for MessageVisitor {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if self.0.len() > MAX_REASON {
-            return;
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "e" | "error" if self.error.is_empty() => self.error = format!("{value:?}"),
+            _ => {}
         }
-        if field.name() == "message" {
-            let _ = write!(self.0, "{value:?} ");
-        } else {
-            let _ = write!(self.0, "{}={value:?} ", field.name());
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => self.message = value.to_string(),
+            "e" | "error" if self.error.is_empty() => self.error = value.to_string(),
+            _ => {}
         }
+    }
+}
+
+impl MessageVisitor {
+    fn line(&self) -> String {
+        let mut out = self.message.clone();
+        if !self.error.is_empty() {
+            let _ = write!(out, ": {}", self.error.replace("disabled backtrace", ""));
+        }
+        let mut line = out
+            .split_whitespace()
+            .filter(|w| *w != "Backtrace:")
+            .collect::<Vec<_>>()
+            .join(" ");
+        truncate(&mut line, MAX_REASON);
+        line
     }
 }
 
@@ -194,9 +220,9 @@ impl<S: Subscriber> Layer<S> for FoyerFaultLayer {
         if level > Level::WARN {
             return;
         }
-        let mut v = MessageVisitor(String::new());
+        let mut v = MessageVisitor::default();
         event.record(&mut v);
-        let msg = v.0.trim_end();
+        let msg = v.line();
         if level == Level::ERROR {
             broadcast(|h| h.fault("io", &format!("foyer: {msg}")));
         } else if msg.contains("deserialize") || msg.contains("recovering block") {
@@ -216,7 +242,8 @@ fn problem(key: &'static str, message: String) -> SetupProblem {
     SetupProblem { key, message }
 }
 
-/// The directory exists (created if need be) and a file can be written in it.
+/// The directory exists (created if need be) and files can be created in it. (No data is written: a full
+/// filesystem must not stop a restart whose cache files are already allocated.)
 pub fn check_dir(dir: &Path) -> Result<(), SetupProblem> {
     std::fs::create_dir_all(dir).map_err(|e| {
         problem(
@@ -225,9 +252,9 @@ pub fn check_dir(dir: &Path) -> Result<(), SetupProblem> {
         )
     })?;
     let probe = dir.join(".b2-proxy-write-check");
-    let written = std::fs::write(&probe, b"b2-proxy");
+    let written = std::fs::File::create(&probe);
     let _ = std::fs::remove_file(&probe);
-    written.map_err(|e| {
+    written.map(drop).map_err(|e| {
         problem(
             "cache.disk_dir",
             format!(
