@@ -509,3 +509,69 @@ async fn cache_files_made_immutable_mid_run_degrade_to_memory_and_sigterm_exits_
     );
     assert_eq!((wrong, failed), (0, 0));
 }
+
+/// Without the daemon's log layer (an embedding of the library, like this test), the fault is still found: by
+/// the probe of the cache files, or by the panic hook if foyer trips over its own write error first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_process_the_probe_or_the_panic_hook_finds_unwritable_cache_files() {
+    use b2_proxy::cache::{BlockCache, BlockKey, CacheSettings, DiskTierState, FoyerCache};
+    let work = scratch();
+    let metrics = Arc::new(b2_proxy::metrics::Metrics::new().expect("metrics"));
+    let settings = CacheSettings {
+        memory_bytes: 4 << 20,
+        disk_bytes: 32 << 20,
+        disk_dir: work.path().join("cache"),
+        block_size: 64 << 10,
+        eviction: Default::default(),
+        on_disk_error: Default::default(),
+    };
+    let cache = Arc::new(
+        FoyerCache::open(&settings, metrics.clone())
+            .await
+            .expect("open"),
+    );
+    let block = |i: u64| bytes::Bytes::from(vec![(i % 251) as u8; 64 << 10]);
+    let key = |i: u64| BlockKey {
+        file: "4_ztest".into(),
+        index: i,
+    };
+    for i in 0..64 {
+        cache.insert(key(i), block(i));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let guard = Immutable::set(cache_files(&settings.disk_dir));
+    let t0 = Instant::now();
+    let mut i = 64;
+    let reason = loop {
+        // Keep writing, as a busy proxy does.
+        cache.insert(key(i), block(i));
+        i += 1;
+        if let DiskTierState::Degraded { reason, .. } = cache.disk_state() {
+            break reason;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "no fault found 15 s after the cache files became immutable"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let detected = t0.elapsed();
+    // Memory-only from here: what is inserted is served, exactly.
+    for j in i..i + 16 {
+        cache.insert(key(j), block(j));
+        let (v, _) = cache.get(&key(j), 64 << 10).await.expect("memory hit");
+        assert!(v == block(j));
+    }
+    let t = Instant::now();
+    cache.close().await.expect("close");
+    println!(
+        "in-process, no log layer: degraded {detected:?} after chattr +i ({reason}); memory-only reads exact; close \
+         took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        reason.contains("not writable") || reason.contains("panicked"),
+        "{reason}"
+    );
+    drop(guard);
+}
