@@ -575,3 +575,85 @@ async fn in_process_the_probe_or_the_panic_hook_finds_unwritable_cache_files() {
     );
     drop(guard);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_disk_entries_are_counted_and_fetched_again() {
+    let emu = emulator().await;
+    let work = scratch();
+    let cache = work.path().join("cache");
+    let http = http();
+    let section = cache_section(&cache, "32MiB", "");
+    let offsets: Vec<u64> = (0..48u64)
+        .map(|i| i * 7 * (1 << 20) / READ * READ)
+        .collect();
+    let read_all = |base: String| {
+        let (http, emu, offsets) = (http.clone(), emu.clone(), offsets.clone());
+        async move {
+            for off in offsets {
+                let r = http
+                    .get(format!("{base}/files/{FILE}"))
+                    .header("Range", format!("bytes={}-{}", off, off + READ - 1))
+                    .send()
+                    .await
+                    .expect("read");
+                assert_eq!(r.status(), 206);
+                let b = r.bytes().await.expect("body");
+                assert!(
+                    b[..] == emu.expected_bytes(FILE, off, READ).expect("expected")[..],
+                    "wrong bytes at {off}"
+                );
+            }
+        }
+    };
+    let mut d = Daemon::spawn(&emu, work.path(), &section);
+    d.wait_ready(&http, Duration::from_secs(30))
+        .await
+        .expect("ready");
+    read_all(d.base.clone()).await;
+    let (status, _) = d.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", d.log());
+
+    // Scribble over the middle of every 64 KiB of the cache files: inside most stored blocks.
+    let mut scribbled = 0;
+    for f in cache_files(&cache) {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f)
+            .expect("open");
+        let len = file.metadata().expect("meta").len();
+        let mut at = 30_000;
+        while at + 64 < len {
+            file.write_all_at(&[0x5A; 64], at).expect("scribble");
+            scribbled += 1;
+            at += 64 << 10;
+        }
+    }
+    let mut d = Daemon::spawn(&emu, work.path(), &section);
+    d.wait_ready(&http, Duration::from_secs(30))
+        .await
+        .expect("restart");
+    let before = emu.stats().requests.download_by_id;
+    read_all(d.base.clone()).await;
+    let refetched = emu.stats().requests.download_by_id - before;
+    let corrupt = d
+        .metric(&http, "b2proxy_cache_errors_total{kind=\"corrupt\"}")
+        .await;
+    let disk_hits = d
+        .metric(&http, "b2proxy_cache_hits_total{tier=\"disk\"}")
+        .await;
+    let health = d.health(&http).await;
+    println!(
+        "{} blocks cached, {scribbled} places in the cache files overwritten, restart: all {} reads exact, {corrupt} \
+         corrupt entries counted, {disk_hits} disk hits, {refetched} downloads; /healthz {}",
+        offsets.len(),
+        offsets.len(),
+        health["status"]
+    );
+    assert!(corrupt >= 1.0, "corrupt entries not counted:\n{}", d.log());
+    assert!(refetched >= 1, "nothing fetched again");
+    assert_eq!(
+        health["status"], "ok",
+        "a corrupt entry is not a disk fault: {health}"
+    );
+}
