@@ -562,3 +562,108 @@ fn stream_body(
     use futures::StreamExt;
     Body::from_stream(head.chain(tail))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(names: &[String]) -> Arc<std::collections::BTreeMap<String, Arc<ObjectInfo>>> {
+        Arc::new(
+            names
+                .iter()
+                .map(|n| {
+                    (
+                        n.clone(),
+                        Arc::new(ObjectInfo {
+                            name: n.clone(),
+                            id: format!("id_{n}").into(),
+                            size: 42,
+                            modified_ms: 0,
+                        }),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn run(
+        snap: &Arc<std::collections::BTreeMap<String, Arc<ObjectInfo>>>,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> (serde_json::Value, usize) {
+        let mut c = ListCursor {
+            snapshot: snap.clone(),
+            prefix: prefix.into(),
+            after: after.map(String::from),
+            left: limit,
+            started: false,
+            done: false,
+        };
+        let (mut body, mut chunks) = (Vec::new(), 0);
+        while let Some(chunk) = c.next_chunk() {
+            assert!(chunk.len() < LIST_CHUNK + 8192, "chunk of {}", chunk.len());
+            body.extend(chunk);
+            chunks += 1;
+        }
+        (serde_json::from_slice(&body).expect("valid JSON"), chunks)
+    }
+
+    fn names_of(v: &serde_json::Value) -> Vec<String> {
+        v["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .map(|f| f["name"].as_str().expect("name").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn pages_concatenate_to_the_prefix_listing() {
+        let mut names: Vec<String> = (0..10).map(|i| format!("p/{i:02}")).collect();
+        names.push("a".into());
+        names.push("q".into());
+        let snap = snapshot(&names);
+        let (mut got, mut after, mut pages) = (Vec::new(), None::<String>, 0);
+        loop {
+            let (v, _) = run(&snap, "p/", after.as_deref(), Some(3));
+            pages += 1;
+            got.extend(names_of(&v));
+            match v["next"].as_str() {
+                Some(n) => after = Some(n.to_string()),
+                None => break,
+            }
+        }
+        let want: Vec<String> = (0..10).map(|i| format!("p/{i:02}")).collect();
+        assert_eq!(got, want);
+        assert_eq!(pages, 4);
+        // A page that ends exactly at the end has no `next`.
+        let (v, _) = run(&snap, "p/", Some("p/06"), Some(3));
+        assert_eq!(names_of(&v), ["p/07", "p/08", "p/09"]);
+        assert!(v["next"].is_null());
+        // start_after before the prefix starts at the prefix; after it, nothing.
+        let (v, _) = run(&snap, "p/", Some("a"), Some(2));
+        assert_eq!(names_of(&v), ["p/00", "p/01"]);
+        let (v, _) = run(&snap, "p/", Some("p/99"), None);
+        assert!(names_of(&v).is_empty() && v["next"].is_null());
+    }
+
+    #[test]
+    fn a_big_listing_streams_in_bounded_chunks() {
+        let names: Vec<String> = (0..20_000)
+            .map(|i| format!("farm/plot-{i:06}.plot"))
+            .collect();
+        let (v, chunks) = run(&snapshot(&names), "", None, None);
+        assert_eq!(names_of(&v), names);
+        assert!(v["next"].is_null());
+        assert!(chunks > 10, "{chunks} chunks");
+        assert_eq!(v["files"][7]["id"], "id_farm/plot-000007.plot");
+    }
+
+    #[test]
+    fn not_found_never_echoes_control_characters() {
+        assert_eq!(not_found_message("a.plot"), "no such file: a.plot");
+        assert!(!not_found_message("a\0b").contains('\0'));
+        assert!(not_found_message(&"x".repeat(1000)).len() < 300);
+    }
+}

@@ -221,9 +221,11 @@ impl FoyerCache {
         settings: &CacheSettings,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, CacheError> {
+        // foyer's own metrics (op counts, latencies, disk I/O) land in the proxy's registry, under `foyer_*`.
+        let registry = FoyerRegistry::new(metrics.registry.clone());
         if settings.disk_bytes == 0 {
             return Ok(Self {
-                inner: builder(settings, &metrics)
+                inner: builder(settings, &registry)
                     .build()
                     .await
                     .map_err(|e| CacheError::Open(e.to_string()))?,
@@ -238,7 +240,7 @@ impl FoyerCache {
             metrics.cache_errors.clone(),
         );
         disk::register(&health);
-        match open_disk(settings, &metrics).await {
+        match open_disk(settings, &registry).await {
             Ok((inner, files)) => {
                 let probe = disk::spawn_probe(Arc::downgrade(&health), files);
                 let region = region_size(settings.disk_bytes);
@@ -269,7 +271,7 @@ impl FoyerCache {
                      (cache.on_disk_error = \"memory_only\")");
                 health.fault("setup", &format!("{}: {}", p.key, p.message));
                 Ok(Self {
-                    inner: builder(settings, &metrics)
+                    inner: builder(settings, &registry)
                         .build()
                         .await
                         .map_err(|e| CacheError::Open(e.to_string()))?,
@@ -322,14 +324,15 @@ impl FoyerCache {
     }
 }
 
-/// The memory tier's builder, ready for a storage phase.
-fn builder(settings: &CacheSettings, metrics: &crate::metrics::Metrics) -> Builder {
-    // foyer's own metrics (op counts, latencies, disk I/O) land in the proxy's registry, under `foyer_*`.
-    let registry =
-        mixtrics::registry::prometheus::PrometheusMetricsRegistry::new(metrics.registry.clone());
+type FoyerRegistry = mixtrics::registry::prometheus::PrometheusMetricsRegistry;
+
+/// The memory tier's builder, ready for a storage phase. `registry` must be the same value (clones of it) for
+/// every cache built on one Prometheus registry: mixtrics dedups registrations per value, and registering
+/// foyer's metrics twice panics.
+fn builder(settings: &CacheSettings, registry: &FoyerRegistry) -> Builder {
     HybridCacheBuilder::new()
         .with_name("b2proxy")
-        .with_metrics_registry(Box::new(registry))
+        .with_metrics_registry(Box::new(registry.clone()))
         .with_policy(HybridCachePolicy::WriteOnInsertion)
         .with_flush_on_close(true)
         .memory(settings.memory_bytes)
@@ -342,7 +345,7 @@ fn builder(settings: &CacheSettings, metrics: &crate::metrics::Metrics) -> Build
 /// Checks the directory and its space, opens the hybrid cache on it and reserves its files' space.
 async fn open_disk(
     settings: &CacheSettings,
-    metrics: &crate::metrics::Metrics,
+    registry: &FoyerRegistry,
 ) -> Result<(HybridCache<BlockKey, Block>, Vec<std::path::PathBuf>), SetupProblem> {
     let dir = settings.disk_dir.clone();
     let disk_bytes = settings.disk_bytes as u64;
@@ -372,7 +375,7 @@ async fn open_disk(
         .build()
         .map_err(|e| open_err(e.to_string()))?;
     let region = region_size(settings.disk_bytes);
-    let inner = builder(settings, metrics)
+    let inner = builder(settings, registry)
         .with_engine_config(
             BlockEngineConfig::new(device)
                 .with_block_size(region)
@@ -588,6 +591,27 @@ mod tests {
         // A corrupt length is refused rather than allocated.
         let bad = (u32::MAX).to_le_bytes();
         assert!(Block::decode(&mut bad.as_slice()).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_memory_only_fallback_can_rebuild_on_the_same_registry() {
+        // The fallback after a failed disk setup builds a second cache on the same metrics: with one
+        // `FoyerRegistry` value that must not register foyer's metrics twice (which panics).
+        let settings = CacheSettings {
+            memory_bytes: 1 << 20,
+            disk_bytes: 0,
+            disk_dir: std::path::PathBuf::new(),
+            block_size: 4096,
+            eviction: Eviction::default(),
+            on_disk_error: OnDiskError::MemoryOnly,
+        };
+        let metrics = crate::metrics::Metrics::new().expect("metrics");
+        let registry = FoyerRegistry::new(metrics.registry.clone());
+        let first = builder(&settings, &registry).build().await.expect("first");
+        first.close().await.expect("close");
+        let second = builder(&settings, &registry).build().await.expect("second");
+        second.insert(key(1), Block(Bytes::from_static(b"x")));
+        assert!(second.memory().contains(&key(1)));
     }
 
     #[tokio::test]
