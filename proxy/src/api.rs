@@ -314,7 +314,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         DiskTierState::Ok => serde_json::json!({ "state": "ok" }),
         DiskTierState::Degraded { since, reason } => {
             reasons.push(format!(
-                "disk cache tier failed, serving from memory only: {reason}"
+                "disk cache tier unusable, serving from memory only: {reason}"
             ));
             serde_json::json!({
                 "state": "degraded",

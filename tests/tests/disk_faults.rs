@@ -657,3 +657,62 @@ async fn corrupt_disk_entries_are_counted_and_fetched_again() {
         "a corrupt entry is not a disk fault: {health}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_only_cache_directory_is_named_at_start() {
+    let emu = emulator().await;
+    let work = scratch();
+    let mount = work.path().join("ro");
+    let fs = Tmpfs::mount(&mount, "4m");
+    std::fs::create_dir_all(fs.path.join("cache")).expect("cache dir");
+    let remounted = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&fs.path)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(remounted, "cannot remount {} read-only", fs.path.display());
+    let cache = fs.path.join("cache");
+    let http = http();
+    for (policy, starts) in [("fail", false), ("memory_only", true)] {
+        let run = work.path().join(policy);
+        std::fs::create_dir_all(&run).expect("dir");
+        let mut d = Daemon::spawn(
+            &emu,
+            &run,
+            &cache_section(&cache, "16MiB", &format!("on_disk_error = \"{policy}\"")),
+        );
+        if starts {
+            d.wait_ready(&http, Duration::from_secs(30))
+                .await
+                .expect("ready");
+            let h = d.health(&http).await;
+            println!(
+                "read-only cache.disk_dir, on_disk_error = {policy}: /healthz {} ({})",
+                h["status"], h["reason"]
+            );
+            assert_eq!(h["status"], "degraded", "{h}");
+            assert!(
+                h["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("cache.disk_dir")),
+                "{h}"
+            );
+            let (status, _) = d.terminate(Duration::from_secs(30));
+            assert!(status.is_some_and(|s| s.success()), "{}", d.log());
+        } else {
+            let status = d.wait_exit(Duration::from_secs(30));
+            let log = d.log();
+            let line = log
+                .lines()
+                .find(|l| l.contains("cache.disk_dir"))
+                .unwrap_or_default()
+                .to_string();
+            println!("read-only cache.disk_dir, on_disk_error = {policy}: exit {status:?}: {line}");
+            assert!(status.is_some_and(|s| !s.success()), "{log}");
+            assert!(
+                line.contains("not writable") && line.contains("Read-only"),
+                "{log}"
+            );
+        }
+    }
+}

@@ -81,12 +81,15 @@ impl DiskHealth {
         let mut reason = message.to_string();
         truncate(&mut reason, MAX_REASON);
         self.gauge.set(1);
-        tracing::warn!(
+        // A tier unusable at start has been reported by the caller, with the key to fix.
+        if kind != "setup" {
+            tracing::warn!(
             kind,
             reason = %reason,
             "disk cache tier failed: serving from the memory tier only until restart (reads stay exact; \
              misses go upstream). Fix the disk, then restart b2-proxy"
-        );
+            );
+        }
         *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some((SystemTime::now(), reason));
     }
 
@@ -258,7 +261,8 @@ pub fn check_dir(dir: &Path) -> Result<(), SetupProblem> {
         problem(
             "cache.disk_dir",
             format!(
-                "{} is not writable by this process: {e} (fix its owner or mode, or point cache.disk_dir elsewhere)",
+                "{} is not writable by this process: {e} (fix its owner or mode, remount it read-write, or point \
+                 cache.disk_dir elsewhere)",
                 dir.display()
             ),
         )
