@@ -10,6 +10,12 @@
 //! scans and crashes.
 //! foyer checksums every disk entry; on top of that a block read back must have exactly the expected length, or
 //! it is dropped and fetched again.
+//!
+//! The disk tier can fail without failing a read: at start a tier that cannot be set up (directory, space) is
+//! refused or, with `cache.on_disk_error = "memory_only"`, left out; while running, the first disk fault
+//! ([`disk`] says how they are found, foyer hands none to its caller) switches the cache to foyer's memory tier
+//! for good, and the proxy does not call into the disk engine again, not even to close it (foyer's own drop
+//! still tries that in a background task, where a panic is contained by tokio).
 
 pub mod disk;
 mod refresh;
