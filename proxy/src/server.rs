@@ -155,6 +155,13 @@ impl Proxy {
             source,
         })?;
 
+        if config.catalog.refresh < crate::config::MIN_CATALOG_REFRESH {
+            // Config::load refuses this; a configuration built in code gets told rather than silently raised.
+            tracing::warn!(
+                refresh = ?config.catalog.refresh,
+                "catalog.refresh is below 5s: the catalog refreshes every 5s at most"
+            );
+        }
         let cancel = CancellationToken::new();
         let catalog_task =
             tokio::spawn(catalog.clone().run(config.catalog.refresh, cancel.clone()));
