@@ -299,7 +299,15 @@ impl Metrics {
         self.upstream_requests
             .with_label_values(&["download", "206"]);
         self.fetch_errors.with_label_values(&["exhausted"]);
-        for kind in ["read", "io", "panic", "probe", "corrupt", "bad_length"] {
+        for kind in [
+            "read",
+            "io",
+            "panic",
+            "probe",
+            "setup",
+            "corrupt",
+            "bad_length",
+        ] {
             self.cache_errors.with_label_values(&[kind]);
         }
         for outcome in ["hit_memory", "hit_disk", "miss", "error"] {
