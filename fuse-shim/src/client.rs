@@ -115,7 +115,15 @@ struct WireFile {
 #[derive(Debug, Deserialize)]
 struct WireList {
     files: Vec<WireFile>,
+    /// The name to continue after, when the listing has more pages (absent from proxies without paging).
+    #[serde(default)]
+    next: Option<String>,
 }
+
+/// Files per `GET /files` page (the most the proxy accepts): the proxy and the shim hold one page at a time.
+const LIST_PAGE: usize = 10_000;
+/// Pages per listing at most: a proxy that keeps answering `next` cannot keep the shim looping.
+const MAX_LIST_PAGES: usize = 100_000;
 
 /// A cheap-to-clone handle on the shared connection pool.
 #[derive(Debug, Clone)]
@@ -170,32 +178,51 @@ impl ProxyClient {
         })
     }
 
-    /// `GET /files`: the whole catalog.
+    /// `GET /files`, page by page (`limit`, `start_after`): the whole catalog.
     pub async fn list_files(&self) -> Result<Vec<FileInfo>, ClientError> {
-        let resp = self
-            .send_with_retry(|| self.http.get(&self.files_url))
-            .await?;
-        let status = resp.status();
-        if status != StatusCode::OK {
-            return Err(status_error(status, &text_of(resp).await));
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let mut url = reqwest::Url::parse(&self.files_url)
+                .map_err(|e| ClientError::Protocol(format!("bad proxy URL: {e}")))?;
+            url.query_pairs_mut()
+                .append_pair("limit", &LIST_PAGE.to_string());
+            if let Some(a) = &after {
+                url.query_pairs_mut().append_pair("start_after", a);
+            }
+            let resp = self.send_with_retry(|| self.http.get(url.clone())).await?;
+            let status = resp.status();
+            if status != StatusCode::OK {
+                return Err(status_error(status, &text_of(resp).await));
+            }
+            let body = resp.bytes().await.map_err(|e| self.map_reqwest(e))?;
+            let list: WireList = serde_json::from_slice(&body)
+                .map_err(|e| ClientError::Protocol(format!("GET /files: bad JSON: {e}")))?;
+            out.extend(list.files.into_iter().map(|w| {
+                FileInfo {
+                    mtime: w
+                        .modified
+                        .as_deref()
+                        .and_then(parse_rfc3339)
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                    id: w.id.unwrap_or_default(),
+                    name: w.name,
+                    size: w.size,
+                }
+            }));
+            match list.next {
+                Some(n) if after.as_deref().is_none_or(|a| n.as_str() > a) => after = Some(n),
+                Some(n) => {
+                    return Err(ClientError::Protocol(format!(
+                        "GET /files: page cursor went backwards ({n:?})"
+                    )));
+                }
+                None => return Ok(out),
+            }
         }
-        let body = resp.bytes().await.map_err(|e| self.map_reqwest(e))?;
-        let list: WireList = serde_json::from_slice(&body)
-            .map_err(|e| ClientError::Protocol(format!("GET /files: bad JSON: {e}")))?;
-        Ok(list
-            .files
-            .into_iter()
-            .map(|w| FileInfo {
-                mtime: w
-                    .modified
-                    .as_deref()
-                    .and_then(parse_rfc3339)
-                    .unwrap_or(SystemTime::UNIX_EPOCH),
-                id: w.id.unwrap_or_default(),
-                name: w.name,
-                size: w.size,
-            })
-            .collect())
+        Err(ClientError::Protocol(format!(
+            "GET /files: more than {MAX_LIST_PAGES} pages"
+        )))
     }
 
     /// Read `len` bytes of `name` at `offset` (the caller has clamped `len` to the size it knows).
@@ -593,8 +620,12 @@ mod tests {
             if !lower.contains("authorization: bearer s3cret") {
                 return Some(response("401 Unauthorized", &[], b"no"));
             }
-            if head.starts_with("GET /files HTTP") {
-                let body = br#"{"files":[{"name":"d/a b.plot","size":100,"modified":"2026-11-24T10:00:00Z","id":"4_z1"},{"name":"x","size":1}]}"#;
+            if head.starts_with("GET /files?limit=10000 HTTP") {
+                let body = br#"{"files":[{"name":"d/a b.plot","size":100,"modified":"2026-11-24T10:00:00Z","id":"4_z1"}],"next":"d/a b.plot"}"#;
+                return Some(response("200 OK", &[("content-type", "application/json".into())], body));
+            }
+            if head.starts_with("GET /files?limit=10000&start_after=d%2Fa+b.plot HTTP") {
+                let body = br#"{"files":[{"name":"x","size":1}],"next":null}"#;
                 return Some(response("200 OK", &[("content-type", "application/json".into())], body));
             }
             if head.starts_with("GET /files/d/a%20b.plot HTTP") {

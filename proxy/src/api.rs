@@ -2,7 +2,9 @@
 //!
 //! Small ranges (what harvesters ask for) are answered from one fetcher call; large ranges and whole files are
 //! streamed chunk by chunk, so memory stays bounded whatever the client asks for. A failure in the middle of a
-//! stream aborts the connection: the client sees a short body, never wrong bytes.
+//! stream aborts the connection: the client sees a short body, never wrong bytes. Every body chunk is paid for
+//! from the process-wide [`ResponseBudget`] before it is fetched or built (see [`crate::limits`]), listings
+//! included: `GET /files` is paged (`limit`, `start_after`) and streamed from a shared snapshot of the catalog.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -18,16 +20,22 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use crate::cache::{BlockCache, DiskTierState};
 use crate::catalog::Catalog;
 use crate::fetch::{FetchError, Fetcher, Outcome};
+use crate::limits::ResponseBudget;
 use crate::metrics::Metrics;
 use crate::range::{self, RangeError};
 use crate::upstream::{ObjectInfo, ObjectSource, UpstreamError};
 
-/// Ranges up to this size are answered in one piece; larger ones are streamed.
-const SINGLE_SHOT: u64 = 4 << 20;
-/// Chunk size of streamed bodies (a multiple of every block size we allow).
-const STREAM_CHUNK: u64 = 1 << 20;
+/// Ranges up to this size are answered in one piece (the largest FUSE read is 1 MiB); larger ones are streamed.
+pub const SINGLE_SHOT: u64 = 1 << 20;
+/// Chunk size of streamed bodies: what a stalled reader holds at most (hyper's write queue is sized to it).
+pub const STREAM_CHUNK: u64 = 256 << 10;
+/// A `GET /files` page holds at most this many files.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+/// Listing bodies are built in chunks of about this size.
+const LIST_CHUNK: usize = 64 << 10;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -36,6 +44,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub source: Arc<dyn ObjectSource>,
     pub auth_token: Option<Arc<str>>,
+    /// The block cache, for the disk tier's state in /healthz.
+    pub cache: Arc<dyn BlockCache>,
+    /// Response bytes in memory, over all connections.
+    pub budget: Arc<ResponseBudget>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -51,7 +63,24 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn(check_request))
         .with_state(state)
+}
+
+/// Requests that HTTP/1.1 says must be refused: no `Host` (or several), which proxies and caches in front of
+/// us would each resolve their own way.
+async fn check_request(req: Request, next: Next) -> Response {
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if req.version() == axum::http::Version::HTTP_11 && hosts == 0 {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "HTTP/1.1 request without a Host header",
+        );
+    }
+    if hosts > 1 {
+        return text(StatusCode::BAD_REQUEST, "more than one Host header");
+    }
+    next.run(req).await
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -92,6 +121,10 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
 struct ListQuery {
     #[serde(default)]
     prefix: String,
+    /// Page size; without it the whole (prefix-matching) list is streamed.
+    limit: Option<usize>,
+    /// Only names after this one (the previous page's `next`).
+    start_after: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -107,21 +140,133 @@ fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// Where a listing is: files are emitted in name order from `cursor` on.
+struct ListCursor {
+    snapshot: Arc<std::collections::BTreeMap<String, Arc<ObjectInfo>>>,
+    prefix: String,
+    /// Emit names strictly after this one (`None`: from the prefix on).
+    after: Option<String>,
+    /// Files still to emit on this page (`None`: no limit).
+    left: Option<usize>,
+    started: bool,
+    done: bool,
+}
+
+impl ListCursor {
+    /// The next piece of the JSON body (at most about `LIST_CHUNK` bytes), or `None` when it is complete.
+    fn next_chunk(&mut self) -> Option<Vec<u8>> {
+        use std::ops::Bound;
+        if self.done {
+            return None;
+        }
+        let mut buf = Vec::with_capacity(LIST_CHUNK + 1024);
+        if !self.started {
+            buf.extend_from_slice(b"{\"files\":[");
+        }
+        let lower = match &self.after {
+            Some(a) if a.as_str() >= self.prefix.as_str() => Bound::Excluded(a.clone()),
+            _ => Bound::Included(self.prefix.clone()),
+        };
+        let mut iter = self
+            .snapshot
+            .range::<String, _>((lower, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&self.prefix))
+            .peekable();
+        while buf.len() < LIST_CHUNK {
+            if self.left == Some(0) {
+                break;
+            }
+            let Some((name, f)) = iter.next() else { break };
+            if self.started {
+                buf.push(b',');
+            }
+            self.started = true;
+            let entry = FileJson {
+                name,
+                size: f.size,
+                modified: rfc3339(f.modified_ms),
+                id: &f.id,
+            };
+            if serde_json::to_writer(&mut buf, &entry).is_err() {
+                // Serializing strings and numbers into a Vec cannot fail; end the list rather than panic.
+                break;
+            }
+            self.after = Some(name.clone());
+            if let Some(n) = self.left.as_mut() {
+                *n -= 1;
+            }
+        }
+        self.started = true;
+        let more = iter.peek().is_some();
+        if !more || self.left == Some(0) {
+            buf.extend_from_slice(b"],\"next\":");
+            let next = if more && self.left == Some(0) {
+                self.after.as_deref()
+            } else {
+                None
+            };
+            if serde_json::to_writer(&mut buf, &next).is_err() {
+                buf.extend_from_slice(b"null");
+            }
+            buf.extend_from_slice(b"}");
+            self.done = true;
+        }
+        Some(buf)
+    }
+}
+
 async fn list_files(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Response {
     let start = Instant::now();
-    let files = state.catalog.list(&q.prefix);
-    let body: Vec<FileJson> = files
-        .iter()
-        .map(|f| FileJson {
-            name: &f.name,
-            size: f.size,
-            modified: rfc3339(f.modified_ms),
-            id: &f.id,
-        })
-        .collect();
-    let r = Json(serde_json::json!({ "files": body })).into_response();
+    if let Some(limit) = q.limit
+        && !(1..=MAX_LIST_LIMIT).contains(&limit)
+    {
+        observe(&state.metrics, "list", "bad_request", start);
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {MAX_LIST_LIMIT}"),
+        );
+    }
+    if !state.catalog.status().loaded {
+        observe(&state.metrics, "list", "unavailable", start);
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the catalog is not loaded yet; see /healthz",
+        );
+    }
+    let cursor = ListCursor {
+        snapshot: state.catalog.snapshot(),
+        prefix: q.prefix,
+        after: q.start_after,
+        left: q.limit,
+        started: false,
+        done: false,
+    };
+    let budget = state.budget.clone();
+    // Chunks are built on demand as the client reads, each paid for from the response budget first.
+    let body = futures::stream::unfold(cursor, move |mut cursor| {
+        let budget = budget.clone();
+        async move {
+            if cursor.done {
+                return None;
+            }
+            let Some(reservation) = budget.reserve_stream(LIST_CHUNK + 8192).await else {
+                tracing::warn!("response buffer budget exhausted; aborting a listing");
+                cursor.done = true;
+                return Some((
+                    Err(std::io::Error::other("response buffer budget exhausted")),
+                    cursor,
+                ));
+            };
+            let chunk = cursor.next_chunk()?;
+            Some((Ok(reservation.attach(bytes::Bytes::from(chunk))), cursor))
+        }
+    });
     observe(&state.metrics, "list", "none", start);
-    r
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -139,32 +284,60 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// `/healthz`: `ok` and `degraded` answer 200 (a load balancer keeps a degraded proxy: it still serves every
+/// cached block and, with the upstream up, every miss), `unavailable` answers 503.
 async fn healthz(State(state): State<AppState>) -> Response {
     let src = state.source.health();
     let cat = state.catalog.status();
-    let ok = src.authorized && cat.loaded;
-    let reason = if ok {
-        None
-    } else if !src.authorized {
-        Some(format!(
+    let circuit_open = state.fetcher.upstream().circuit_open();
+    let disk = state.cache.disk_state();
+    let available = src.authorized && cat.loaded;
+    let mut reasons = Vec::new();
+    if !src.authorized {
+        reasons.push(format!(
             "not authorized with upstream: {}",
             src.last_error
                 .clone()
                 .unwrap_or_else(|| "authorizing".into())
-        ))
-    } else {
-        Some(format!(
+        ));
+    } else if !cat.loaded {
+        reasons.push(format!(
             "catalog not loaded: {}",
             cat.last_error.clone().unwrap_or_else(|| "loading".into())
-        ))
+        ));
+    }
+    if circuit_open {
+        reasons.push("upstream circuit open: misses fail fast, cached blocks are served".into());
+    }
+    let disk_json = match &disk {
+        DiskTierState::Off => serde_json::json!({ "state": "off" }),
+        DiskTierState::Ok => serde_json::json!({ "state": "ok" }),
+        DiskTierState::Degraded { since, reason } => {
+            reasons.push(format!(
+                "disk cache tier unusable, serving from memory only: {reason}"
+            ));
+            serde_json::json!({
+                "state": "degraded",
+                "since": humantime::format_rfc3339_seconds(*since).to_string(),
+                "reason": reason,
+            })
+        }
+    };
+    let status = if !available {
+        "unavailable"
+    } else if reasons.is_empty() {
+        "ok"
+    } else {
+        "degraded"
     };
     let body = serde_json::json!({
-        "status": if ok { "ok" } else { "unavailable" },
-        "reason": reason,
+        "status": status,
+        "reason": (!reasons.is_empty()).then(|| reasons.join("; ")),
         "upstream": state.source.describe(),
         "authorized": src.authorized,
-        "upstream_circuit": if state.fetcher.upstream().circuit_open() { "open" } else { "closed" },
+        "upstream_circuit": if circuit_open { "open" } else { "closed" },
         "upstream_error": src.last_error,
+        "cache_disk": disk_json,
         "catalog": {
             "loaded": cat.loaded,
             "files": cat.files,
@@ -172,12 +345,12 @@ async fn healthz(State(state): State<AppState>) -> Response {
             "last_error": cat.last_error,
         },
     });
-    let status = if ok {
+    let code = if available {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    (code, Json(body)).into_response()
 }
 
 fn observe(m: &Metrics, route: &str, outcome: &str, start: Instant) {
@@ -239,8 +412,15 @@ async fn get_file(
     let start = Instant::now();
     let Some(obj) = state.catalog.get(&name) else {
         observe(&state.metrics, "file", "not_found", start);
-        return text(StatusCode::NOT_FOUND, format!("no such file: {name}"));
+        return text(StatusCode::NOT_FOUND, not_found_message(&name));
     };
+    if headers.get_all(header::RANGE).iter().nth(1).is_some() {
+        observe(&state.metrics, "file", "bad_request", start);
+        return text(
+            StatusCode::BAD_REQUEST,
+            "more than one Range header (send one, with one range)",
+        );
+    }
     let range_header = match headers.get(header::RANGE).map(|v| v.to_str()) {
         None => None,
         Some(Ok(v)) => Some(v),
@@ -288,12 +468,31 @@ async fn get_file(
         observe(&state.metrics, "file", "none", start);
         return (status, hdrs, Body::empty()).into_response();
     }
+    let first_end = if len <= SINGLE_SHOT {
+        range.end
+    } else {
+        chunk_end(range.start, range.end)
+    };
+    // Paid for before it is fetched: what a response holds in memory stays within the budget.
+    let want = (first_end - range.start) as usize;
+    let reserved = if len <= SINGLE_SHOT {
+        state.budget.reserve(want).await
+    } else {
+        state.budget.reserve_stream(want).await
+    };
+    let Some(reservation) = reserved else {
+        observe(&state.metrics, "file", "busy", start);
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy: server.max_response_buffer is taken by other responses; retry",
+        );
+    };
     if len <= SINGLE_SHOT {
         return match state.fetcher.read(&obj, range).await {
             Ok((bytes, outcome)) => {
                 state.metrics.bytes_served.inc_by(bytes.len() as u64);
                 observe(&state.metrics, "file", outcome.label(), start);
-                (status, hdrs, Body::from(bytes)).into_response()
+                (status, hdrs, Body::from(reservation.attach(bytes))).into_response()
             }
             Err(e) => {
                 observe(&state.metrics, "file", "error", start);
@@ -302,9 +501,8 @@ async fn get_file(
         };
     }
     // Large: fetch the first chunk before answering, so an upstream failure still gets a clean 5xx.
-    let first_end = chunk_end(range.start, range.end);
     let first = match state.fetcher.read(&obj, range.start..first_end).await {
-        Ok((bytes, _)) => bytes,
+        Ok((bytes, _)) => reservation.attach(bytes),
         Err(e) => {
             observe(&state.metrics, "file", "error", start);
             return fetch_error_response(&e);
@@ -314,6 +512,17 @@ async fn get_file(
     state.metrics.bytes_served.inc_by(first.len() as u64);
     let body = stream_body(state.clone(), obj, first_end..range.end, first);
     (status, hdrs, body).into_response()
+}
+
+/// The 404 text: the name is echoed only when it is printable (no NUL or other control characters, which
+/// would end up in logs and terminals), and cut to a sane length.
+fn not_found_message(name: &str) -> String {
+    if name.chars().any(char::is_control) {
+        return "no such file (the name contains control characters)".into();
+    }
+    let shown: String = name.chars().take(256).collect();
+    let cut = if shown.len() < name.len() { "..." } else { "" };
+    format!("no such file: {shown}{cut}")
 }
 
 /// End of the chunk starting at `pos`: aligned to `STREAM_CHUNK` so later chunks cover whole blocks.
@@ -337,10 +546,17 @@ fn stream_body(
                 return None;
             }
             let next = chunk_end(pos, end);
+            let Some(reservation) = state.budget.reserve_stream((next - pos) as usize).await else {
+                tracing::warn!(file = %obj.name, pos, "response buffer budget exhausted; aborting a stream");
+                return Some((
+                    Err(std::io::Error::other("response buffer budget exhausted")),
+                    end,
+                ));
+            };
             match state.fetcher.read(&obj, pos..next).await {
                 Ok((bytes, _)) => {
                     state.metrics.bytes_served.inc_by(bytes.len() as u64);
-                    Some((Ok(bytes), next))
+                    Some((Ok(reservation.attach(bytes)), next))
                 }
                 Err(e) => {
                     tracing::warn!(file = %obj.name, pos, error = %e, "aborting streamed response");
@@ -352,4 +568,109 @@ fn stream_body(
     });
     use futures::StreamExt;
     Body::from_stream(head.chain(tail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(names: &[String]) -> Arc<std::collections::BTreeMap<String, Arc<ObjectInfo>>> {
+        Arc::new(
+            names
+                .iter()
+                .map(|n| {
+                    (
+                        n.clone(),
+                        Arc::new(ObjectInfo {
+                            name: n.clone(),
+                            id: format!("id_{n}").into(),
+                            size: 42,
+                            modified_ms: 0,
+                        }),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn run(
+        snap: &Arc<std::collections::BTreeMap<String, Arc<ObjectInfo>>>,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> (serde_json::Value, usize) {
+        let mut c = ListCursor {
+            snapshot: snap.clone(),
+            prefix: prefix.into(),
+            after: after.map(String::from),
+            left: limit,
+            started: false,
+            done: false,
+        };
+        let (mut body, mut chunks) = (Vec::new(), 0);
+        while let Some(chunk) = c.next_chunk() {
+            assert!(chunk.len() < LIST_CHUNK + 8192, "chunk of {}", chunk.len());
+            body.extend(chunk);
+            chunks += 1;
+        }
+        (serde_json::from_slice(&body).expect("valid JSON"), chunks)
+    }
+
+    fn names_of(v: &serde_json::Value) -> Vec<String> {
+        v["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .map(|f| f["name"].as_str().expect("name").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn pages_concatenate_to_the_prefix_listing() {
+        let mut names: Vec<String> = (0..10).map(|i| format!("p/{i:02}")).collect();
+        names.push("a".into());
+        names.push("q".into());
+        let snap = snapshot(&names);
+        let (mut got, mut after, mut pages) = (Vec::new(), None::<String>, 0);
+        loop {
+            let (v, _) = run(&snap, "p/", after.as_deref(), Some(3));
+            pages += 1;
+            got.extend(names_of(&v));
+            match v["next"].as_str() {
+                Some(n) => after = Some(n.to_string()),
+                None => break,
+            }
+        }
+        let want: Vec<String> = (0..10).map(|i| format!("p/{i:02}")).collect();
+        assert_eq!(got, want);
+        assert_eq!(pages, 4);
+        // A page that ends exactly at the end has no `next`.
+        let (v, _) = run(&snap, "p/", Some("p/06"), Some(3));
+        assert_eq!(names_of(&v), ["p/07", "p/08", "p/09"]);
+        assert!(v["next"].is_null());
+        // start_after before the prefix starts at the prefix; after it, nothing.
+        let (v, _) = run(&snap, "p/", Some("a"), Some(2));
+        assert_eq!(names_of(&v), ["p/00", "p/01"]);
+        let (v, _) = run(&snap, "p/", Some("p/99"), None);
+        assert!(names_of(&v).is_empty() && v["next"].is_null());
+    }
+
+    #[test]
+    fn a_big_listing_streams_in_bounded_chunks() {
+        let names: Vec<String> = (0..20_000)
+            .map(|i| format!("farm/plot-{i:06}.plot"))
+            .collect();
+        let (v, chunks) = run(&snapshot(&names), "", None, None);
+        assert_eq!(names_of(&v), names);
+        assert!(v["next"].is_null());
+        assert!(chunks > 10, "{chunks} chunks");
+        assert_eq!(v["files"][7]["id"], "id_farm/plot-000007.plot");
+    }
+
+    #[test]
+    fn not_found_never_echoes_control_characters() {
+        assert_eq!(not_found_message("a.plot"), "no such file: a.plot");
+        assert!(!not_found_message("a\0b").contains('\0'));
+        assert!(not_found_message(&"x".repeat(1000)).len() < 300);
+    }
 }

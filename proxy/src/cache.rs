@@ -10,12 +10,20 @@
 //! scans and crashes.
 //! foyer checksums every disk entry; on top of that a block read back must have exactly the expected length, or
 //! it is dropped and fetched again.
+//!
+//! The disk tier can fail without failing a read: at start a tier that cannot be set up (directory, space) is
+//! refused or, with `cache.on_disk_error = "memory_only"`, left out; while running, the first disk fault
+//! ([`disk`] says how they are found, foyer hands none to its caller) switches the cache to foyer's memory tier
+//! for good, and the proxy does not call into the disk engine again, not even to close it (foyer's own drop
+//! still tries that in a background task, where a panic is contained by tokio).
 
+pub mod disk;
 pub(crate) mod refresh;
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use foyer::{
@@ -26,9 +34,11 @@ use foyer::{
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
+use disk::SetupProblem;
+pub use disk::{DiskHealth, DiskTierState, FoyerFaultLayer};
 use refresh::DiskRefresh;
 
-use crate::config::Eviction;
+use crate::config::{Eviction, OnDiskError};
 
 /// Largest block value accepted when decoding from disk (the largest configurable block size).
 const MAX_BLOCK: usize = 16 << 20;
@@ -60,15 +70,13 @@ impl Tier {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("cannot create cache directory {path}: {source}")]
-    Dir {
-        path: String,
-        source: std::io::Error,
-    },
     #[error("cannot open the disk cache: {0}")]
     Open(String),
     #[error("cache I/O: {0}")]
     Io(String),
+    /// The disk tier cannot be set up and `cache.on_disk_error = "fail"`.
+    #[error("config key `{key}`: {message}")]
+    Disk { key: &'static str, message: String },
 }
 
 /// A cache of file blocks. `get` never fails the read: a broken tier is a miss (and logged).
@@ -80,6 +88,10 @@ pub trait BlockCache: Send + Sync + 'static {
     fn insert(&self, key: BlockKey, value: Bytes);
     /// Bytes the memory tier holds now (weighed as for the budget).
     fn memory_usage(&self) -> usize;
+    /// The disk tier's state, for /healthz.
+    fn disk_state(&self) -> DiskTierState {
+        DiskTierState::Off
+    }
     /// Flushes what must persist and stops the tiers. Call once on shutdown.
     fn close(&self) -> BoxFuture<'_, Result<(), CacheError>>;
 }
@@ -166,6 +178,8 @@ pub struct CacheSettings {
     pub disk_dir: std::path::PathBuf,
     pub block_size: usize,
     pub eviction: Eviction,
+    /// What a disk tier that cannot be set up at start does (`cache.on_disk_error`).
+    pub on_disk_error: OnDiskError,
 }
 
 fn eviction_config(e: Eviction) -> EvictionConfig {
@@ -184,11 +198,17 @@ fn shards(memory_bytes: usize) -> usize {
     (memory_bytes / (64 << 20)).clamp(1, 16)
 }
 
+/// How long shutdown waits for the disk tier to finish its writes.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct FoyerCache {
     inner: HybridCache<BlockKey, Block>,
     metrics: Arc<crate::metrics::Metrics>,
     /// Present with a disk tier.
     refresh: Option<DiskRefresh>,
+    /// Present unless `cache.disk = 0`. Once degraded, only the memory tier is used.
+    health: Option<Arc<DiskHealth>>,
+    probe: Option<tokio::task::AbortHandle>,
 }
 
 /// Disk engine region ("block" in foyer's words): the unit of disk eviction. Smaller regions evict more finely
@@ -200,94 +220,237 @@ fn region_size(disk_bytes: usize) -> usize {
         .min(16 << 20)
 }
 
+type Builder = foyer::HybridCacheBuilderPhaseStorage<BlockKey, Block, foyer::DefaultHasher>;
+
 impl FoyerCache {
     pub async fn open(
         settings: &CacheSettings,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, CacheError> {
         // foyer's own metrics (op counts, latencies, disk I/O) land in the proxy's registry, under `foyer_*`.
-        let registry = mixtrics::registry::prometheus::PrometheusMetricsRegistry::new(
-            metrics.registry.clone(),
-        );
-        let builder = HybridCacheBuilder::new()
-            .with_name("b2proxy")
-            .with_metrics_registry(Box::new(registry))
-            .with_policy(HybridCachePolicy::WriteOnInsertion)
-            .with_flush_on_close(true)
-            .memory(settings.memory_bytes)
-            .with_shards(shards(settings.memory_bytes))
-            .with_eviction_config(eviction_config(settings.eviction))
-            .with_weighter(|k: &BlockKey, v: &Block| v.0.len() + k.file.len() + ENTRY_OVERHEAD)
-            .storage();
-        let mut refresh = None;
-        let inner = if settings.disk_bytes > 0 {
-            create_dir(&settings.disk_dir)?;
-            let device = FsDeviceBuilder::new(&settings.disk_dir)
-                .with_capacity(settings.disk_bytes)
-                .build()
-                .map_err(|e| CacheError::Open(format!("{}: {e}", settings.disk_dir.display())))?;
-            let region = region_size(settings.disk_bytes);
-            refresh = Some(DiskRefresh::new(
-                settings.disk_bytes,
-                settings.block_size,
-                2 * region,
-                metrics.cache_disk_rewritten_blocks.clone(),
-                metrics.cache_disk_rewritten_bytes.clone(),
-            ));
-            builder
-                .with_engine_config(
-                    BlockEngineConfig::new(device)
-                        .with_block_size(region)
-                        // Bounded write buffer: counts toward the "small constant" above the memory budget.
-                        .with_buffer_pool_size(8 << 20)
-                        .with_submit_queue_size_threshold(16 << 20)
-                        // Strict FIFO (no early eviction of mostly-invalid regions), so a block's disk lifetime
-                        // is the disk's capacity of writes, which is what `refresh` reckons with.
-                        .with_eviction_pickers(vec![Box::new(FifoPicker::default())]),
-                )
-                .with_recover_mode(RecoverMode::Quiet)
-                .build()
-                .await
-        } else {
-            builder.build().await
+        let registry = FoyerRegistry::new(metrics.registry.clone());
+        if settings.disk_bytes == 0 {
+            return Ok(Self {
+                inner: builder(settings, &registry)
+                    .build()
+                    .await
+                    .map_err(|e| CacheError::Open(e.to_string()))?,
+                metrics,
+                refresh: None,
+                health: None,
+                probe: None,
+            });
         }
-        .map_err(|e| CacheError::Open(e.to_string()))?;
-        Ok(Self {
-            inner,
-            metrics,
-            refresh,
-        })
+        let health = DiskHealth::new(
+            metrics.cache_disk_degraded.clone(),
+            metrics.cache_errors.clone(),
+        );
+        disk::register(&health);
+        match open_disk(settings, &registry).await {
+            Ok((inner, files)) => {
+                let probe = disk::spawn_probe(Arc::downgrade(&health), files);
+                let region = region_size(settings.disk_bytes);
+                Ok(Self {
+                    inner,
+                    refresh: Some(DiskRefresh::new(
+                        settings.disk_bytes,
+                        settings.block_size,
+                        2 * region,
+                        metrics.cache_disk_rewritten_blocks.clone(),
+                        metrics.cache_disk_rewritten_bytes.clone(),
+                    )),
+                    metrics,
+                    health: Some(health),
+                    probe: Some(probe),
+                })
+            }
+            Err(p) if settings.on_disk_error == OnDiskError::Fail => Err(CacheError::Disk {
+                key: p.key,
+                message: format!(
+                    "{} (or set cache.on_disk_error = \"memory_only\" to run without the disk tier)",
+                    p.message
+                ),
+            }),
+            Err(p) => {
+                tracing::warn!(key = p.key, problem = %p.message,
+                    "the disk cache tier cannot be used; running with the memory tier only \
+                     (cache.on_disk_error = \"memory_only\")");
+                health.fault("setup", &format!("{}: {}", p.key, p.message));
+                Ok(Self {
+                    inner: builder(settings, &registry)
+                        .build()
+                        .await
+                        .map_err(|e| CacheError::Open(e.to_string()))?,
+                    metrics,
+                    refresh: None,
+                    health: Some(health),
+                    probe: None,
+                })
+            }
+        }
+    }
+
+    /// What /healthz reports about the disk tier.
+    pub fn disk_state(&self) -> DiskTierState {
+        match &self.health {
+            None => DiskTierState::Off,
+            Some(h) => h.state(),
+        }
+    }
+
+    /// The disk tier is in use (configured and not failed).
+    fn disk_ok(&self) -> bool {
+        self.health.as_ref().is_some_and(|h| !h.is_degraded())
+    }
+
+    fn fault(&self, kind: &'static str, message: &str) {
+        if let Some(h) = &self.health {
+            h.fault(kind, message);
+        }
+    }
+
+    fn memory_get(&self, key: &BlockKey, expected_len: usize) -> Option<(Bytes, Tier)> {
+        let entry = self.inner.memory().get(key)?;
+        let value = entry.value().0.clone();
+        if value.len() != expected_len {
+            self.wrong_length(key, value.len(), expected_len);
+            self.inner.memory().remove(key);
+            return None;
+        }
+        Some((value, Tier::Memory))
+    }
+
+    fn wrong_length(&self, key: &BlockKey, got: usize, expected_len: usize) {
+        self.metrics
+            .cache_errors
+            .with_label_values(&["bad_length"])
+            .inc();
+        tracing::warn!(file = %key.file, block = key.index, got, expected_len,
+            "cached block has the wrong length; dropping it");
     }
 }
 
-fn create_dir(path: &Path) -> Result<(), CacheError> {
-    std::fs::create_dir_all(path).map_err(|source| CacheError::Dir {
-        path: path.display().to_string(),
-        source,
+type FoyerRegistry = mixtrics::registry::prometheus::PrometheusMetricsRegistry;
+
+/// The memory tier's builder, ready for a storage phase. `registry` must be the same value (clones of it) for
+/// every cache built on one Prometheus registry: mixtrics dedups registrations per value, and registering
+/// foyer's metrics twice panics.
+fn builder(settings: &CacheSettings, registry: &FoyerRegistry) -> Builder {
+    HybridCacheBuilder::new()
+        .with_name("b2proxy")
+        .with_metrics_registry(Box::new(registry.clone()))
+        .with_policy(HybridCachePolicy::WriteOnInsertion)
+        .with_flush_on_close(true)
+        .memory(settings.memory_bytes)
+        .with_shards(shards(settings.memory_bytes))
+        .with_eviction_config(eviction_config(settings.eviction))
+        .with_weighter(|k: &BlockKey, v: &Block| v.0.len() + k.file.len() + ENTRY_OVERHEAD)
+        .storage()
+}
+
+/// Checks the directory and its space, opens the hybrid cache on it and reserves its files' space.
+async fn open_disk(
+    settings: &CacheSettings,
+    registry: &FoyerRegistry,
+) -> Result<(HybridCache<BlockKey, Block>, Vec<std::path::PathBuf>), SetupProblem> {
+    let dir = settings.disk_dir.clone();
+    let disk_bytes = settings.disk_bytes as u64;
+    let checked = tokio::task::spawn_blocking(move || {
+        disk::check_dir(&dir)?;
+        disk::check_space(&dir, disk_bytes)
     })
+    .await;
+    match checked {
+        Ok(r) => r?,
+        Err(e) => {
+            return Err(SetupProblem {
+                key: "cache.disk_dir",
+                message: format!("checking the directory failed: {e}"),
+            });
+        }
+    }
+    let open_err = |message: String| SetupProblem {
+        key: "cache.disk_dir",
+        message: format!(
+            "cannot open the disk cache in {}: {message}",
+            settings.disk_dir.display()
+        ),
+    };
+    let device = FsDeviceBuilder::new(&settings.disk_dir)
+        .with_capacity(settings.disk_bytes)
+        .build()
+        .map_err(|e| open_err(e.to_string()))?;
+    let region = region_size(settings.disk_bytes);
+    let inner = builder(settings, registry)
+        .with_engine_config(
+            BlockEngineConfig::new(device)
+                .with_block_size(region)
+                // Bounded write buffer: counts toward the "small constant" above the memory budget.
+                .with_buffer_pool_size(8 << 20)
+                .with_submit_queue_size_threshold(16 << 20)
+                // Strict FIFO (no early eviction of mostly-invalid regions), so a block's disk lifetime
+                // is the disk's capacity of writes, which is what `refresh` reckons with.
+                .with_eviction_pickers(vec![Box::new(FifoPicker::default())]),
+        )
+        .with_recover_mode(RecoverMode::Quiet)
+        .build()
+        .await
+        .map_err(|e| open_err(e.to_string()))?;
+    let dir = settings.disk_dir.clone();
+    let reserved = tokio::task::spawn_blocking(move || {
+        let files = disk::cache_files(&dir);
+        disk::preallocate(&files).map(|()| files)
+    })
+    .await;
+    let problem = match reserved {
+        Ok(Ok(files)) => {
+            if files.is_empty() {
+                tracing::warn!(dir = %settings.disk_dir.display(),
+                    "cannot find the disk tier's files: they are neither preallocated nor probed");
+            }
+            return Ok((inner, files));
+        }
+        Ok(Err(p)) => p,
+        Err(e) => SetupProblem {
+            key: "cache.disk_dir",
+            message: format!("reserving the cache files failed: {e}"),
+        },
+    };
+    if let Err(e) = inner.close().await {
+        tracing::debug!(error = %e, "closing the unusable disk cache");
+    }
+    Err(problem)
 }
 
 impl BlockCache for FoyerCache {
     fn get(&self, key: &BlockKey, expected_len: usize) -> BoxFuture<'_, Option<(Bytes, Tier)>> {
+        if !self.disk_ok() {
+            return futures::future::ready(self.memory_get(key, expected_len)).boxed();
+        }
         // Fast path: a memory hit needs no future machinery beyond this.
-        let fut = self.inner.get(key);
+        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.get(key))) {
+            Ok(f) => f,
+            Err(_) => {
+                self.fault("panic", "foyer panicked in a lookup");
+                return futures::future::ready(self.memory_get(key, expected_len)).boxed();
+            }
+        };
         let key = key.clone();
         async move {
-            match fut.await {
-                Ok(Some(entry)) => {
+            match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(Ok(Some(entry))) => {
                     let tier = match entry.source() {
                         Source::Disk => Tier::Disk,
                         _ => Tier::Memory,
                     };
                     let value = entry.value().0.clone();
                     if value.len() != expected_len {
-                        self.metrics.cache_errors.with_label_values(&["bad_length"]).inc();
-                        tracing::warn!(file = %key.file, block = key.index, got = value.len(), expected_len,
-                            "cached block has the wrong length; dropping it");
+                        self.wrong_length(&key, value.len(), expected_len);
                         self.inner.remove(&key);
                         return None;
                     }
                     if let Some(refresh) = &self.refresh
+                        && self.disk_ok()
                         && refresh.should_rewrite(entry.hash(), value.len())
                     {
                         if entry.properties().age() == Age::Young {
@@ -301,10 +464,22 @@ impl BlockCache for FoyerCache {
                     }
                     Some((value, tier))
                 }
-                Ok(None) => None,
-                Err(e) => {
-                    self.metrics.cache_errors.with_label_values(&["read"]).inc();
-                    tracing::warn!(error = %e, "disk cache read failed; treating as a miss");
+                Ok(Ok(None)) => None,
+                Ok(Err(e)) => {
+                    use foyer::ErrorKind as K;
+                    match e.kind() {
+                        K::Io | K::Join | K::ChannelClosed => {
+                            self.fault("io", &format!("disk cache read failed: {e}"))
+                        }
+                        _ => {
+                            self.metrics.cache_errors.with_label_values(&["read"]).inc();
+                            tracing::warn!(error = %e, "disk cache read failed; treating as a miss");
+                        }
+                    }
+                    None
+                }
+                Err(_) => {
+                    self.fault("panic", "foyer panicked in a disk lookup");
                     None
                 }
             }
@@ -313,30 +488,82 @@ impl BlockCache for FoyerCache {
     }
 
     fn contains(&self, key: &BlockKey) -> bool {
-        self.inner.contains(key)
+        if self.disk_ok() {
+            self.inner.contains(key)
+        } else {
+            self.inner.memory().contains(key)
+        }
     }
 
     fn insert(&self, key: BlockKey, value: Bytes) {
         self.metrics.cache_inserted_bytes.inc_by(value.len() as u64);
         let len = value.len();
-        let entry = self.inner.insert(key, Block(value));
-        if let Some(refresh) = &self.refresh {
-            refresh.inserted(entry.hash(), len);
+        if self.disk_ok() {
+            let k = key.clone();
+            let v = value.clone();
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.insert(k, Block(v)))) {
+                Ok(entry) => {
+                    if let Some(refresh) = &self.refresh {
+                        refresh.inserted(entry.hash(), len);
+                    }
+                    return;
+                }
+                Err(_) => self.fault("panic", "foyer panicked in an insertion"),
+            }
         }
+        self.inner.memory().insert(key, Block(value));
     }
 
     fn memory_usage(&self) -> usize {
         self.inner.memory().usage()
     }
 
+    fn disk_state(&self) -> DiskTierState {
+        FoyerCache::disk_state(self)
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<(), CacheError>> {
         async move {
-            self.inner
-                .close()
-                .await
-                .map_err(|e| CacheError::Io(e.to_string()))
+            if let Some(p) = &self.probe {
+                p.abort();
+            }
+            if self.health.as_ref().is_some_and(|h| h.is_degraded()) {
+                // foyer's disk engine may be wedged (a dead flusher, a poisoned lock): closing it could panic or
+                // hang. What it wrote before the fault is on disk and is recovered at the next start; the rest
+                // was never going to persist.
+                tracing::warn!(
+                    "disk cache tier degraded: not flushing it; blocks written before the fault \
+                    are kept for the next start"
+                );
+                return Ok(());
+            }
+            // In a task of its own: a panic inside foyer becomes an error here instead of unwinding through
+            // the shutdown path, and a wedged engine cannot hold the exit forever.
+            let inner = self.inner.clone();
+            match tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                tokio::spawn(async move { inner.close().await }),
+            )
+            .await
+            {
+                Ok(Ok(r)) => r.map_err(|e| CacheError::Io(e.to_string())),
+                Ok(Err(join)) => Err(CacheError::Io(format!(
+                    "the disk tier panicked while closing: {join}"
+                ))),
+                Err(_) => Err(CacheError::Io(format!(
+                    "the disk tier did not close within {CLOSE_TIMEOUT:?}"
+                ))),
+            }
         }
         .boxed()
+    }
+}
+
+impl Drop for FoyerCache {
+    fn drop(&mut self) {
+        if let Some(p) = &self.probe {
+            p.abort();
+        }
     }
 }
 
@@ -373,6 +600,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_memory_only_fallback_can_rebuild_on_the_same_registry() {
+        // The fallback after a failed disk setup builds a second cache on the same metrics: with one
+        // `FoyerRegistry` value that must not register foyer's metrics twice (which panics).
+        let settings = CacheSettings {
+            memory_bytes: 1 << 20,
+            disk_bytes: 0,
+            disk_dir: std::path::PathBuf::new(),
+            block_size: 4096,
+            eviction: Eviction::default(),
+            on_disk_error: OnDiskError::MemoryOnly,
+        };
+        let metrics = crate::metrics::Metrics::new().expect("metrics");
+        let registry = FoyerRegistry::new(metrics.registry.clone());
+        let first = builder(&settings, &registry).build().await.expect("first");
+        first.close().await.expect("close");
+        let second = builder(&settings, &registry).build().await.expect("second");
+        second.insert(key(1), Block(Bytes::from_static(b"x")));
+        assert!(second.memory().contains(&key(1)));
+    }
+
+    #[tokio::test]
     async fn memory_and_disk_tiers_persist_across_close() {
         let dir = tempfile::tempdir().expect("tempdir");
         let settings = CacheSettings {
@@ -381,6 +629,7 @@ mod tests {
             disk_dir: dir.path().to_path_buf(),
             block_size: 4096,
             eviction: Eviction::default(),
+            on_disk_error: OnDiskError::Fail,
         };
         let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
         let cache = FoyerCache::open(&settings, metrics.clone())

@@ -45,7 +45,8 @@ impl Catalog {
         }
     }
 
-    fn snapshot(&self) -> Arc<BTreeMap<String, Arc<ObjectInfo>>> {
+    /// The current file list (shared, not copied): what a listing iterates over without holding a lock.
+    pub fn snapshot(&self) -> Arc<BTreeMap<String, Arc<ObjectInfo>>> {
         match self.files.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),

@@ -18,6 +18,11 @@ pub const ENV_AUTH_TOKEN: &str = "B2PROXY_AUTH_TOKEN";
 
 pub const DEFAULT_ENDPOINT: &str = "https://api.backblazeb2.com";
 
+/// Shortest accepted `catalog.refresh` (also the least gap between two listings the catalog ever makes).
+pub const MIN_CATALOG_REFRESH: Duration = Duration::from_secs(5);
+/// Smallest accepted `server.max_response_buffer`.
+pub const MIN_RESPONSE_BUFFER: u64 = 4 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -110,6 +115,22 @@ pub struct ServerConfig {
     /// clients alike). Longer than the shim's 60 s pool idle time, so shims close idle connections first.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A response write that makes no progress for this long (a client that stopped reading) closes the
+    /// connection and frees what it held. Slow readers that keep reading are not affected.
+    #[serde(default = "default_send_timeout", with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Response bytes held in memory at once, over all connections (chunks fetched for a response and not yet
+    /// taken by the kernel). A response waits for room, up to `send_timeout`, then fails with 503.
+    #[serde(default = "default_max_response_buffer")]
+    pub max_response_buffer: ByteSize,
+}
+
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_response_buffer() -> ByteSize {
+    ByteSize::mib(128)
 }
 
 fn default_idle_timeout() -> Duration {
@@ -128,6 +149,10 @@ impl std::fmt::Debug for ServerConfig {
                 "auth_token",
                 &self.auth_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("max_connections", &self.max_connections)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("send_timeout", &self.send_timeout)
+            .field("max_response_buffer", &self.max_response_buffer)
             .finish()
     }
 }
@@ -143,6 +168,8 @@ impl Default for ServerConfig {
             auth_token: None,
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
+            send_timeout: default_send_timeout(),
+            max_response_buffer: default_max_response_buffer(),
         }
     }
 }
@@ -165,6 +192,23 @@ pub struct CacheConfig {
     /// Eviction policy of the memory tier.
     #[serde(default)]
     pub eviction: Eviction,
+    /// What a disk tier that cannot be set up at start (directory missing or read-only, `disk` larger than the
+    /// filesystem can hold) does: stop the proxy, or run with the memory tier only.
+    #[serde(default)]
+    pub on_disk_error: OnDiskError,
+}
+
+/// `cache.on_disk_error`. Whatever it says, an I/O error on the disk tier while running degrades to memory-only
+/// (a farm keeps farming); this decides what happens when the tier cannot be set up at start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDiskError {
+    /// Refuse to start, naming the key to fix (the default: a cache that silently lost its disk tier would
+    /// send every restart's reads upstream).
+    #[default]
+    Fail,
+    /// Log a warning, report `degraded` in /healthz, and run with the memory tier only.
+    MemoryOnly,
 }
 
 /// Memory-tier eviction policies (foyer's). S3-FIFO is the default, chosen by measurement (README, "Cache
@@ -221,6 +265,7 @@ impl Default for CacheConfig {
             disk: default_disk(),
             block_size: default_block_size(),
             eviction: Eviction::default(),
+            on_disk_error: OnDiskError::default(),
         }
     }
 }
@@ -526,6 +571,15 @@ impl Config {
         if self.server.idle_timeout < Duration::from_secs(1) {
             return Err(invalid("server.idle_timeout", "must be at least 1s"));
         }
+        if self.server.send_timeout < Duration::from_secs(1) {
+            return Err(invalid("server.send_timeout", "must be at least 1s"));
+        }
+        if self.server.max_response_buffer.as_u64() < MIN_RESPONSE_BUFFER {
+            return Err(invalid(
+                "server.max_response_buffer",
+                "must be at least 4MiB (the largest single-piece answer is 1 MiB)",
+            ));
+        }
         let bs = self.cache.block_size.as_u64();
         if !(4096..=(16 << 20)).contains(&bs) || !bs.is_power_of_two() {
             return Err(invalid(
@@ -610,8 +664,15 @@ impl Config {
                 "must not exceed fetch.hedge_ceiling",
             ));
         }
-        if self.catalog.refresh < Duration::from_secs(1) {
-            return Err(invalid("catalog.refresh", "must be at least 1s"));
+        if self.catalog.refresh < MIN_CATALOG_REFRESH {
+            return Err(invalid(
+                "catalog.refresh",
+                format!(
+                    "{} is too short: must be at least 5s (each listing is a billed Class C call; \
+                     send SIGHUP for an immediate refresh)",
+                    humantime::format_duration(self.catalog.refresh)
+                ),
+            ));
         }
         Ok(())
     }
@@ -715,6 +776,26 @@ mod tests {
         parse_ok(&format!(
             "{MIN}[server]\nlisten = \"0.0.0.0:8642\"\nauth_token = \"0123456789abcdef0123\"\n"
         ));
+    }
+
+    #[test]
+    fn short_catalog_refresh_is_refused() {
+        let e = err_of(&format!("{MIN}[catalog]\nrefresh = \"2s\"\n"));
+        assert!(e.contains("catalog.refresh") && e.contains("5s"), "{e}");
+        parse_ok(&format!("{MIN}[catalog]\nrefresh = \"5s\"\n"));
+    }
+
+    #[test]
+    fn disk_error_policy_and_response_limits() {
+        assert_eq!(parse_ok(MIN).cache.on_disk_error, OnDiskError::Fail);
+        let c = parse_ok(&format!("{MIN}[cache]\non_disk_error = \"memory_only\"\n"));
+        assert_eq!(c.cache.on_disk_error, OnDiskError::MemoryOnly);
+        let e = err_of(&format!("{MIN}[cache]\non_disk_error = \"ignore\"\n"));
+        assert!(e.contains("on_disk_error"), "{e}");
+        let e = err_of(&format!("{MIN}[server]\nmax_response_buffer = \"1MiB\"\n"));
+        assert!(e.contains("server.max_response_buffer"), "{e}");
+        let e = err_of(&format!("{MIN}[server]\nsend_timeout = \"100ms\"\n"));
+        assert!(e.contains("server.send_timeout"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod fetch;
+pub mod limits;
 pub mod metrics;
 #[cfg(all(test, feature = "shuttle"))]
 mod model;

@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use b2_proxy::config::{Config, ProcessEnv};
 use b2_proxy::server::Proxy;
 use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Caching range-read proxy in front of a Backblaze B2 bucket, for Chia harvesters and other
 /// latency-critical random readers. Serves GET/HEAD /files/{name} with Range, GET /files, /metrics, /healthz.
@@ -41,6 +43,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .finish()
+        // foyer reports disk I/O failures only in its log: this turns them into a degraded disk tier.
+        .with(b2_proxy::cache::FoyerFaultLayer)
         .init();
 
     let config = match Config::load(&args.config, &ProcessEnv) {

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub cache_disk_rewritten_blocks: IntCounter,
     pub cache_disk_rewritten_bytes: IntCounter,
     pub cache_errors: IntCounterVec,
+    pub cache_disk_degraded: IntGauge,
+    pub response_buffer_bytes: IntGauge,
+    pub send_timeouts: IntCounter,
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
     pub upstream_bytes: IntCounter,
@@ -163,8 +166,25 @@ impl Metrics {
             cache_errors: counter_vec(
                 &r,
                 "cache_errors_total",
-                "Cache tier errors (a block read back wrong is dropped and refetched)",
+                "Cache tier errors by kind: io, panic, probe (disk tier faults: it degrades to memory-only), \
+                 corrupt, bad_length (an entry read back wrong: dropped and fetched again), read",
                 &["kind"],
+            )?,
+            cache_disk_degraded: int_gauge(
+                &r,
+                "cache_disk_degraded",
+                "1 while the disk tier has failed (or could not be set up) and the cache runs from memory only",
+            )?,
+            response_buffer_bytes: int_gauge(
+                &r,
+                "response_buffer_bytes",
+                "Response body bytes held in memory, waiting to be taken by the clients' sockets \
+                 (bounded by server.max_response_buffer)",
+            )?,
+            send_timeouts: counter(
+                &r,
+                "send_timeouts_total",
+                "Connections closed because a response write made no progress for server.send_timeout",
             )?,
             upstream_requests: counter_vec(
                 &r,
@@ -346,9 +366,19 @@ impl Metrics {
         ] {
             self.fetch_errors.with_label_values(&[reason]);
         }
-        self.cache_errors.with_label_values(&["read"]);
         for class in ["continuing", "new", "background"] {
             self.upstream_queue_wait.with_label_values(&[class]);
+        }
+        for kind in [
+            "read",
+            "io",
+            "panic",
+            "probe",
+            "setup",
+            "corrupt",
+            "bad_length",
+        ] {
+            self.cache_errors.with_label_values(&[kind]);
         }
         for outcome in ["hit_memory", "hit_disk", "miss", "error"] {
             self.requests.with_label_values(&["file", outcome]);

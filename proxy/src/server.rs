@@ -14,6 +14,7 @@ use crate::cache::{BlockCache, CacheSettings, FoyerCache};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::fetch::{FetchSettings, Fetcher};
+use crate::limits::{ResponseBudget, SendTimeout};
 use crate::metrics::Metrics;
 use crate::policy::breaker::BreakerSettings;
 use crate::policy::hedge::HedgeSettings;
@@ -119,6 +120,7 @@ impl Proxy {
                     disk_dir: config.cache.disk_dir.clone(),
                     block_size: config.cache.block_size.as_u64() as usize,
                     eviction: config.cache.eviction,
+                    on_disk_error: config.cache.on_disk_error,
                 },
                 metrics.clone(),
             )
@@ -154,22 +156,40 @@ impl Proxy {
             source,
         })?;
 
+        if config.catalog.refresh < crate::config::MIN_CATALOG_REFRESH {
+            // Config::load refuses this; a configuration built in code gets told rather than silently raised.
+            tracing::warn!(
+                refresh = ?config.catalog.refresh,
+                "catalog.refresh is below 5s: the catalog refreshes every 5s at most"
+            );
+        }
         let cancel = CancellationToken::new();
         let catalog_task =
             tokio::spawn(catalog.clone().run(config.catalog.refresh, cancel.clone()));
+        let budget = Arc::new(ResponseBudget::new(
+            config.server.max_response_buffer.as_u64() as usize,
+            config.server.send_timeout,
+            metrics.response_buffer_bytes.clone(),
+        ));
         let app = router(AppState {
             catalog: catalog.clone(),
             fetcher,
             metrics: metrics.clone(),
             source: source.clone(),
             auth_token: config.server.auth_token.as_deref().map(Arc::from),
+            cache: cache.clone(),
+            budget,
         });
         let server = tokio::spawn(serve(
             listener,
             app,
             cancel.clone(),
-            config.server.max_connections,
-            config.server.idle_timeout,
+            ServeLimits {
+                max_connections: config.server.max_connections,
+                idle_timeout: config.server.idle_timeout,
+                send_timeout: config.server.send_timeout,
+                send_timeouts: metrics.send_timeouts.clone(),
+            },
         ));
         tracing::info!(%addr, upstream = %source.describe(), "b2-proxy listening");
         Ok(Self {
@@ -184,37 +204,60 @@ impl Proxy {
         })
     }
 
-    /// Stops serving, waits (bounded) for open requests, and closes the cache cleanly.
+    /// The disk tier's state (as /healthz reports it).
+    pub fn disk_state(&self) -> crate::cache::DiskTierState {
+        self.cache.disk_state()
+    }
+
+    /// Stops serving, waits (bounded) for open requests, and closes the cache cleanly. Never panics: a task
+    /// that panicked is logged, and a failed disk tier is left as it is (see `FoyerCache::close`).
     pub async fn shutdown(self) {
         self.cancel.cancel();
-        let _ = self.server.await;
-        let _ = self.catalog_task.await;
+        if let Err(e) = self.server.await {
+            tracing::error!(error = %e, "the server task failed");
+        }
+        if let Err(e) = self.catalog_task.await {
+            tracing::error!(error = %e, "the catalog task failed");
+        }
         self.upstream.close();
         match self.cache.close().await {
             Ok(()) => tracing::info!("cache closed cleanly"),
-            Err(e) => tracing::error!(error = %e, "closing the cache failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "closing the cache failed; cached blocks may be lost")
+            }
         }
     }
 }
 
+/// Per-connection limits of the accept loop.
+struct ServeLimits {
+    max_connections: usize,
+    idle_timeout: Duration,
+    send_timeout: Duration,
+    send_timeouts: prometheus::IntCounter,
+}
+
 /// The accept loop: HTTP/1.1 with keep-alive, at most `max_connections` open connections (further clients wait
 /// in the kernel's backlog, so thousands of idle or hostile connections cost bounded memory), a deadline for
-/// request heads (which also ends idle keep-alive connections), and a graceful drain on shutdown.
+/// request heads (which also ends idle keep-alive connections), a send timeout for clients that stop reading,
+/// a write queue of one stream chunk per connection, and a graceful drain on shutdown.
 async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     cancel: CancellationToken,
-    max_connections: usize,
-    idle_timeout: Duration,
+    limits: ServeLimits,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
 
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(idle_timeout)
+        .header_read_timeout(limits.idle_timeout)
+        // hyper asks a streamed body for its next chunk only while its write queue holds less than this, so a
+        // stalled reader holds about one chunk (request heads are limited to this size too: ample).
+        .max_buf_size(crate::api::STREAM_CHUNK as usize)
         .keep_alive(true);
     loop {
         let slot = tokio::select! {
@@ -237,6 +280,7 @@ async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let stream = SendTimeout::new(stream, limits.send_timeout, limits.send_timeouts.clone());
         let conn =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let conn = graceful.watch(conn);

@@ -55,6 +55,7 @@ fn fixture() -> Fixture {
                     disk_dir: dir.path().join("cache"),
                     block_size: 64 << 10,
                     eviction: Default::default(),
+                    on_disk_error: Default::default(),
                 },
                 metrics.clone(),
             )
@@ -70,7 +71,7 @@ fn fixture() -> Fixture {
         );
         let fetcher = Arc::new(Fetcher::new(
             upstream,
-            cache,
+            cache.clone(),
             FetchSettings {
                 block_size: 64 << 10,
                 min_fetch: 16 << 10,
@@ -85,6 +86,12 @@ fn fixture() -> Fixture {
             metrics,
             source,
             auth_token: None,
+            cache,
+            budget: Arc::new(b2_proxy::limits::ResponseBudget::new(
+                64 << 20,
+                std::time::Duration::from_secs(5),
+                prometheus::IntGauge::new("b", "b").expect("gauge"),
+            )),
         })
     });
     Fixture {
@@ -120,7 +127,7 @@ proptest! {
     fn only_catalog_names_are_served(path in path_strategy(), range in prop::option::of("bytes=[0-9]{0,3}-[0-9]{0,3}")) {
         let f = FIXTURE.with(|f| f.clone());
         let uri = format!("/files/{path}");
-        let Ok(mut req) = Request::builder().uri(&uri).body(Body::empty()) else {
+        let Ok(mut req) = Request::builder().uri(&uri).header("host", "test").body(Body::empty()) else {
             // Not a valid request target at all: the HTTP layer rejects it before routing.
             return Ok(());
         };
@@ -154,6 +161,7 @@ fn fixture_serves_its_names_and_nothing_else() {
     let status = |uri: &str| {
         let req = Request::builder()
             .uri(uri)
+            .header("host", "test")
             .body(Body::empty())
             .expect("request");
         f.rt.block_on(f.app.clone().oneshot(req))

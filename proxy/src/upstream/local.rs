@@ -2,8 +2,11 @@
 //! named by its relative path with `/`. Lets users try the proxy and shim without a bucket, and lets the
 //! proxy's own tests run without the emulator.
 //!
-//! A file's id is derived from its size and modification time, so rewriting a file gives it a new id and the
-//! cache never serves the old bytes for it.
+//! A file's id is derived from its inode, size, modification time and change time (ctime). ctime matters: an
+//! in-place overwrite that keeps the size and restores the mtime (`touch -r`, `cp --preserve`, rsync) still
+//! moves ctime, which no user call can set back. A read checks the id before and after reading, so bytes that
+//! raced with an overwrite are refused (503 "file changed") instead of being served or cached under the old id;
+//! hashing the content would cost a read of every file at every catalog refresh, so it is not done.
 
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -27,11 +30,13 @@ impl LocalSource {
 
 fn file_id(meta: &std::fs::Metadata) -> String {
     format!(
-        "local_{}_{}_{}_{}",
+        "local_{}_{}_{}_{}_{}_{}",
         meta.ino(),
         meta.size(),
         meta.mtime(),
-        meta.mtime_nsec()
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
     )
 }
 
@@ -99,6 +104,14 @@ impl ObjectSource for LocalSource {
                     .map_err(|_| UpstreamError::Config("range larger than memory".into()))?;
                 let mut buf = vec![0u8; len];
                 file.read_exact_at(&mut buf, range.start).map_err(io)?;
+                // A write that overlapped the read has moved ctime by now (it is set before the data is copied).
+                let after = file.metadata().map_err(io)?;
+                if *file_id(&after) != *obj.id {
+                    return Err(UpstreamError::Changed(format!(
+                        "{} was modified while being read",
+                        obj.name
+                    )));
+                }
                 Ok(Bytes::from(buf))
             })
             .await
@@ -116,5 +129,52 @@ impl ObjectSource for LocalSource {
 
     fn describe(&self) -> String {
         format!("local directory {}", self.root.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[tokio::test]
+    async fn same_size_overwrite_with_mtime_restored_is_a_new_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.plot");
+        std::fs::write(&path, vec![1u8; 8192]).expect("write");
+        let mtime = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(mtime))
+            .expect("set mtime");
+        let src = LocalSource::new(dir.path().to_path_buf());
+        let before = src.list().await.expect("list").remove(0);
+        assert_eq!(
+            &src.read(&before, 0..4096).await.expect("read")[..],
+            &[1u8; 4096][..]
+        );
+        // ctime has a coarse clock: make sure the overwrite lands in a later tick.
+        std::thread::sleep(Duration::from_millis(20));
+        // In place, same size, mtime put back: only ctime tells.
+        {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .expect("open");
+            f.write_all_at(&[2u8; 8192], 0).expect("overwrite");
+            f.set_modified(mtime).expect("restore mtime");
+        }
+        let after = src.list().await.expect("list").remove(0);
+        assert_eq!(after.modified_ms, before.modified_ms, "mtime restored");
+        assert_ne!(after.id, before.id, "the overwrite must give a new id");
+        assert!(matches!(
+            src.read(&before, 0..4096).await,
+            Err(UpstreamError::Changed(_))
+        ));
+        assert_eq!(
+            &src.read(&after, 0..4096).await.expect("read")[..],
+            &[2u8; 4096][..]
+        );
     }
 }

@@ -73,6 +73,7 @@ pub async fn replay(policy: Eviction, t: Trace) -> anyhow::Result<EvictionRow> {
             disk_dir: dir.path().join("unused"),
             block_size: BLOCK,
             eviction: policy,
+            on_disk_error: Default::default(),
         },
         metrics,
     )
