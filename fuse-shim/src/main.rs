@@ -141,7 +141,7 @@ struct Cli {
 
     /// Serve Prometheus metrics (reads, bytes, errors, latency histogram, tree size) at
     /// http://ADDR/metrics, e.g. 127.0.0.1:9643. Off by default.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "B2FS_METRICS")]
     metrics: Option<SocketAddr>,
 
     /// Print a man page (`man`) or a shell completion script (`bash`, `zsh`, `fish`) for this command
