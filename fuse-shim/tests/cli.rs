@@ -172,3 +172,25 @@ fn man_page_and_completions_come_from_the_cli() {
         );
     }
 }
+
+#[test]
+fn json_logs_are_json_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = shim(&[
+        dir.path().join("missing").to_str().expect("utf-8"),
+        "--log-format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().last().expect("a log line");
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["level"], "ERROR", "{line}");
+    assert!(
+        v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("does not exist")),
+        "{line}"
+    );
+}
