@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Validates the deployment files with the real tools: systemd-analyze, promtool, haproxy.
-# Used by CI (.ci/run installs the tools); each check runs when its tool is present and says so when not.
+# Used by CI (./test.sh installs the tools); each check runs when its tool is present and says so when not.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # Directory of the built binaries (absolute, or relative to where the script is run from).
