@@ -97,7 +97,9 @@ pub enum ConfigError {
     BadUrl { url: String, reason: String },
     #[error("the token contains characters not allowed in an HTTP header")]
     BadToken,
-    #[error("cannot build the HTTP client: {0}")]
+    #[error(
+        "cannot build the HTTP client: {0} (an https:// proxy needs the system's CA certificates: package ca-certificates)"
+    )]
     Build(#[source] reqwest::Error),
 }
 
@@ -155,7 +157,13 @@ impl ProxyClient {
             value.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if parsed.scheme() == "http" {
+            // Plain HTTP needs no certificates: without this, building the client loads the system's CA store
+            // and fails on a machine without one ("No CA certificates were loaded"), though we never use TLS.
+            builder = builder.tls_certs_only(std::iter::empty());
+        }
+        let http = builder
             .default_headers(headers)
             .timeout(cfg.timeout)
             .connect_timeout(cfg.connect_timeout)

@@ -638,8 +638,8 @@ impl Refresher {
     }
 
     /// Refresh forever: every `interval`, or with a short backoff until the first listing succeeded (so plots
-    /// appear soon after a proxy that was down at start comes up).
-    pub async fn run(mut self, interval: Duration) {
+    /// appear soon after a proxy that was down at start comes up), and at once when `wake` is notified (SIGHUP).
+    pub async fn run(mut self, interval: Duration, wake: Arc<tokio::sync::Notify>) {
         let mut backoff = Duration::from_secs(1);
         loop {
             let wait = if self.loaded {
@@ -649,7 +649,10 @@ impl Refresher {
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 w
             };
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = wake.notified() => info!("refreshing the file list now (SIGHUP)"),
+            }
             if let Err(e) = self.refresh_once().await {
                 let keep = if self.loaded {
                     "keeping the previous file list"

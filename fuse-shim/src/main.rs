@@ -1,7 +1,7 @@
 //! `b2fs-shim`: mounts the plots a b2-proxy serves as a read-only directory, for Chia harvesters.
 //!
 //! This file is the command line, startup (mount point checks, first file list), the mount itself, and
-//! clean shutdown on SIGTERM/SIGINT. The filesystem is in [`fs`], the directory tree in [`tree`], the HTTP
+//! clean shutdown on SIGTERM/SIGINT, a file list refresh on SIGHUP, and readiness for systemd (Type=notify). The filesystem is in [`fs`], the directory tree in [`tree`], the HTTP
 //! client in [`client`].
 
 mod client;
@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{CommandFactory, Parser, ValueEnum};
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::client::{ClientConfig, ClientError, ProxyClient};
@@ -30,27 +31,45 @@ use crate::tree::Tree;
 
 /// How long the session loop may take to end after the unmount before we exit anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the fresh mount may take to answer its first statfs before the start counts as failed.
+const MOUNT_ANSWER_LIMIT: Duration = Duration::from_secs(10);
+
+/// `--version`: the crate version and the git commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("B2FS_GIT_COMMIT"),
+    ")"
+);
 
 #[derive(Debug, Parser)]
 #[command(
     name = "b2fs-shim",
-    version,
+    version = VERSION,
     about = "Mount the plots served by b2-proxy as a read-only directory (FUSE)",
     long_about = "Mount the plots served by b2-proxy as a read-only directory (FUSE), for Chia harvesters.\n\n\
         Every read() becomes one HTTP range request to the proxy, which caches and fetches from Backblaze B2; \
         the shim keeps no data of its own. Names with '/' in B2 appear as directories. The file list is \
         refreshed every --attr-ttl, so new plots appear without a remount.\n\n\
-        Runs in the foreground and logs to stderr; SIGTERM or SIGINT unmounts cleanly. A stale mount left by a \
-        crashed shim is detected and detached at start. If the proxy is not reachable at start, the shim waits \
+        Runs in the foreground and logs to stderr; SIGTERM or SIGINT unmounts cleanly, SIGHUP refreshes the file \
+        list now. Under systemd (Type=notify) it reports ready once the mount answers. A stale mount left by a \
+        crashed shim is detected and detached at start; a non-empty mount point is refused unless \
+        --allow-non-empty. If the proxy is not reachable at start, the shim waits \
         up to --startup-wait for it, then mounts an empty directory and keeps retrying in the background: plots \
         appear as soon as the proxy answers."
 )]
 struct Cli {
-    /// Directory to mount on (must exist).
-    mountpoint: PathBuf,
+    /// Directory to mount on (must exist, and be empty unless --allow-non-empty).
+    #[arg(required_unless_present = "generate")]
+    mountpoint: Option<PathBuf>,
 
-    /// Base URL of the b2-proxy HTTP API.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8642")]
+    /// Base URL of the b2-proxy HTTP API. Plain http:// needs no CA certificates.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "B2FS_PROXY",
+        default_value = "http://127.0.0.1:8642"
+    )]
     proxy: String,
 
     /// Bearer token for the proxy (its `server.auth_token`). Prefer the B2FS_TOKEN environment variable:
@@ -62,6 +81,10 @@ struct Cli {
     /// When the shim does not run as root this needs `user_allow_other` in /etc/fuse.conf.
     #[arg(long)]
     allow_other: bool,
+
+    /// Mount even if the mount point holds files or directories (they are hidden while mounted).
+    #[arg(long)]
+    allow_non_empty: bool,
 
     /// How often the file list is refreshed from the proxy, and how long the kernel may cache names and
     /// attributes. New plots appear (and removed ones vanish) within this time. Examples: 60s, 5m.
@@ -97,22 +120,74 @@ struct Cli {
 
     /// Stay in the foreground. This is always the case (run it under systemd to daemonize); the flag is
     /// accepted for compatibility with mount helpers and scripts.
-    #[arg(short = 'f', long)]
-    foreground: bool,
+    #[arg(short = 'f', long = "foreground", id = "foreground")]
+    _foreground: bool,
 
     /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as
-    /// `b2fs_shim=debug,fuser=info`. Falls back to RUST_LOG, then `info`.
-    #[arg(long, value_name = "FILTER", env = "RUST_LOG", default_value = "info")]
+    /// `b2fs_shim=debug,fuser=info`. Falls back to RUST_LOG, then `info`. An invalid filter is an error (exit 2).
+    #[arg(
+        long,
+        alias = "log",
+        value_name = "FILTER",
+        env = "RUST_LOG",
+        default_value = "info"
+    )]
     log_level: String,
+
+    /// Log format on stderr: `text` (one line per event) or `json` (one JSON object per line, for log
+    /// collectors).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 
     /// Serve Prometheus metrics (reads, bytes, errors, latency histogram, tree size) at
     /// http://ADDR/metrics, e.g. 127.0.0.1:9643. Off by default.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "B2FS_METRICS")]
     metrics: Option<SocketAddr>,
+
+    /// Print a man page (`man`) or a shell completion script (`bash`, `zsh`, `fish`) for this command
+    /// line and exit. Used to build the package.
+    #[arg(long, value_enum, value_name = "WHAT", hide = true)]
+    generate: Option<Generate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Generate {
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+}
+
+fn generate(what: Generate) -> std::io::Result<()> {
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let shell = match what {
+        Generate::Man => return clap_mangen::Man::new(cmd).render(&mut out),
+        Generate::Bash => clap_complete::Shell::Bash,
+        Generate::Zsh => clap_complete::Shell::Zsh,
+        Generate::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut cmd, "b2fs-shim", &mut out);
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(what) = cli.generate {
+        return match generate(what) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("b2fs-shim: cannot write the {what:?} output: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
         Ok(f) => f,
         Err(e) => {
@@ -121,13 +196,17 @@ fn main() -> ExitCode {
         }
     };
     // fuser logs through the `log` crate; tracing-subscriber's default `tracing-log` feature forwards it.
-    if let Err(e) = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    let init = match cli.log_format {
         // Colours only on a terminal: under systemd the log goes to the journal as plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init()
-    {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    if let Err(e) = init {
         eprintln!("b2fs-shim: cannot set up logging: {e}");
         return ExitCode::from(2);
     }
@@ -141,14 +220,22 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let _ = cli.foreground; // always foreground; see --help
-    let mountpoint = mountpoint::prepare(&cli.mountpoint)?;
+    let requested = cli
+        .mountpoint
+        .as_deref()
+        .context("the MOUNTPOINT argument is missing")?;
+    let mountpoint = mountpoint::prepare(requested, cli.allow_non_empty)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("b2fs-io")
         .build()
         .context("cannot start the async runtime")?;
+    // Before anything can take long: a SIGHUP or SIGTERM during the start must not find the default action.
+    let mut signals = {
+        let _guard = rt.enter();
+        Signals::install()?
+    };
 
     let client = ProxyClient::new(&ClientConfig {
         base_url: cli.proxy.clone(),
@@ -196,7 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // One request loop is enough: everything it does is in memory, reads are handed to tasks.
     config.n_threads = Some(1);
 
-    let fs = B2Fs::new(shared, rt.handle().clone());
+    let fs = B2Fs::new(shared.clone(), rt.handle().clone());
     let mut session = Session::new(fs, &mountpoint, &config)
         .map_err(|e| explain_mount_error(e, &mountpoint, cli.allow_other, uid))?;
     info!(
@@ -210,7 +297,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     refresher.set_notifier(session.notifier());
     let mut unmounter = session.unmount_callable();
 
-    rt.spawn(refresher.run(cli.attr_ttl.max(Duration::from_secs(1))));
+    let wake = Arc::new(Notify::new());
+    rt.spawn(refresher.run(cli.attr_ttl.max(Duration::from_secs(1)), wake.clone()));
     if let Some(listener) = metrics_listener {
         let addr = listener.local_addr().ok();
         rt.spawn(async move {
@@ -232,7 +320,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         })
         .context("cannot start the FUSE request loop")?;
 
-    rt.block_on(wait_and_unmount(done_rx, &mut unmounter, &mountpoint))
+    if let Err(e) = mountpoint::wait_answering(&mountpoint, MOUNT_ANSWER_LIMIT) {
+        if let Err(u) = unmounter.unmount() {
+            warn!("unmounting after the failed start: {u}");
+        }
+        return Err(e);
+    }
+    let files = shared.tree().file_count();
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!(
+            "mounted {} ({files} files)",
+            mountpoint.display()
+        )),
+    ]);
+
+    rt.block_on(wait_and_unmount(
+        done_rx,
+        &mut unmounter,
+        &mountpoint,
+        &mut signals,
+        &wake,
+    ))
+}
+
+/// A notification to systemd; a no-op when not started by it (no NOTIFY_SOCKET).
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        warn!("cannot notify systemd: {e}");
+    }
+}
+
+/// The signals the shim handles.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+        })
+    }
 }
 
 /// Load the file list before mounting, so the harvester's first scan sees the plots. Retries for up to
@@ -266,29 +399,34 @@ async fn initial_load(refresher: &mut Refresher, cli: &Cli) -> anyhow::Result<()
     }
 }
 
-/// Wait for SIGTERM/SIGINT (then unmount) or for the mount to go away by itself (someone ran `umount`).
+/// Wait for SIGTERM/SIGINT (then unmount) or for the mount to go away by itself (someone ran `umount`); a
+/// SIGHUP refreshes the file list and keeps waiting.
 async fn wait_and_unmount(
     mut done: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
     unmounter: &mut SessionUnmounter,
     mountpoint: &Path,
+    signals: &mut Signals,
+    wake: &Notify,
 ) -> anyhow::Result<()> {
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let shown = mountpoint.display();
-    let signal_name = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
-        ended = &mut done => {
-            return match ended {
-                Ok(Ok(())) => {
-                    info!("{shown} was unmounted; exiting");
-                    Ok(())
-                }
-                Ok(Err(e)) => Err(e).context("the FUSE session ended with an error"),
-                Err(_) => bail!("the FUSE request loop stopped unexpectedly"),
-            };
+    let signal_name = loop {
+        tokio::select! {
+            _ = signals.term.recv() => break "SIGTERM",
+            _ = signals.int.recv() => break "SIGINT",
+            _ = signals.hup.recv() => wake.notify_one(),
+            ended = &mut done => {
+                return match ended {
+                    Ok(Ok(())) => {
+                        info!("{shown} was unmounted; exiting");
+                        Ok(())
+                    }
+                    Ok(Err(e)) => Err(e).context("the FUSE session ended with an error"),
+                    Err(_) => bail!("the FUSE request loop stopped unexpectedly"),
+                };
+            }
         }
     };
+    notify(&[sd_notify::NotifyState::Stopping]);
     info!("{signal_name}: unmounting {shown}");
     // A plain unmount fails with EBUSY while files are open (a harvester holding plots); then detach lazily:
     // the mount disappears from the namespace now, and the open files fail once we exit.
@@ -310,8 +448,8 @@ async fn wait_and_unmount(
         _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
             warn!("the FUSE session did not end within {SHUTDOWN_GRACE:?} (files still open?); exiting anyway");
         }
-        _ = sigterm.recv() => warn!("second signal: exiting now"),
-        _ = sigint.recv() => warn!("second signal: exiting now"),
+        _ = signals.term.recv() => warn!("second signal: exiting now"),
+        _ = signals.int.recv() => warn!("second signal: exiting now"),
     }
     Ok(())
 }

@@ -46,8 +46,9 @@ fn statfs(path: &Path) -> io::Result<()> {
 }
 
 /// Make `path` ready to mount on and return it as an absolute path: it must be an existing directory; a
-/// stale b2fs mount on it is detached; a live one is an error (another shim is serving it).
-pub fn prepare(path: &Path) -> anyhow::Result<PathBuf> {
+/// stale b2fs mount on it is detached; a live one is an error (another shim is serving it). A directory with
+/// entries is refused unless `allow_non_empty` (the mount would hide them, like rclone and mountpoint-s3 do).
+pub fn prepare(path: &Path, allow_non_empty: bool) -> anyhow::Result<PathBuf> {
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -112,7 +113,71 @@ pub fn prepare(path: &Path) -> anyhow::Result<PathBuf> {
             canonical.display()
         );
     }
+    if !allow_non_empty {
+        let mut entries = std::fs::read_dir(&canonical)
+            .with_context(|| format!("cannot list the mount point {}", canonical.display()))?;
+        if let Some(first) = entries.next() {
+            let example = first
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "?".to_owned());
+            bail!(
+                "the mount point {} is not empty (it holds {example:?}{}): the mount would hide its contents. \
+                 Mount on an empty directory, or pass --allow-non-empty to mount over it anyway",
+                canonical.display(),
+                if entries.next().is_some() {
+                    " and more"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     Ok(canonical)
+}
+
+/// The `f_type` statfs reports for a FUSE filesystem.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Waits until the FUSE filesystem at `path` answers (a statfs reaches our request loop and reports FUSE), for
+/// at most `limit`. This is what "ready" means to systemd: a harvester started after us finds the mount.
+pub fn wait_answering(path: &Path, limit: Duration) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .context("mount point path contains a NUL byte")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            // SAFETY: `c` is a valid NUL-terminated path and `buf` a writable statfs struct that outlives the
+            // call; statfs does not retain either pointer.
+            let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+            let r = unsafe { libc::statfs(c.as_ptr(), &mut buf) };
+            #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+            let result = if r != 0 {
+                Err(io::Error::last_os_error().to_string())
+            } else if buf.f_type as i64 == FUSE_SUPER_MAGIC {
+                Ok(())
+            } else {
+                Err(format!(
+                    "not a FUSE filesystem yet (f_type {:#x})",
+                    buf.f_type
+                ))
+            };
+            if result.is_ok() || std::time::Instant::now() >= deadline {
+                let _ = tx.send(result);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    match rx.recv_timeout(limit + Duration::from_secs(1)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => bail!("the mount at {} does not answer: {e}", path.display()),
+        Err(_) => bail!(
+            "the mount at {} does not answer within {limit:?} (statfs hangs)",
+            path.display()
+        ),
+    }
 }
 
 /// Whether a mount is ours: fuser mounts with source `b2fs` and type `fuse` (as root) or `fuse.b2fs` (via
@@ -177,14 +242,21 @@ mod tests {
     #[test]
     fn missing_and_non_dir_mount_points_are_explained() {
         let dir = std::env::temp_dir().join(format!("b2fs-shim-test-{}", std::process::id()));
-        let e = prepare(&dir.join("missing")).expect_err("missing");
+        let e = prepare(&dir.join("missing"), false).expect_err("missing");
         assert!(e.to_string().contains("does not exist"), "{e}");
-        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::create_dir_all(dir.join("empty")).expect("mkdir");
         let file = dir.join("file");
         std::fs::write(&file, b"x").expect("write");
-        let e = prepare(&file).expect_err("file");
+        let e = prepare(&file, false).expect_err("file");
         assert!(e.to_string().contains("not a directory"), "{e}");
-        assert_eq!(prepare(&dir).ok(), dir.canonicalize().ok());
+        assert_eq!(
+            prepare(&dir.join("empty"), false).ok(),
+            dir.join("empty").canonicalize().ok()
+        );
+        // `dir` holds `file` and `empty`: refused unless allowed.
+        let e = prepare(&dir, false).expect_err("non-empty");
+        assert!(e.to_string().contains("--allow-non-empty"), "{e}");
+        assert_eq!(prepare(&dir, true).ok(), dir.canonicalize().ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -105,7 +105,7 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_credentials)
         .unwrap_or("");
     if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
         next.run(req).await
@@ -115,6 +115,15 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme name is case-insensitive (RFC 7235
+/// section 2.1: `bearer`, `BEARER` are the same scheme); one or more spaces separate it from the token.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 #[derive(Deserialize)]
@@ -672,5 +681,20 @@ mod tests {
         assert_eq!(not_found_message("a.plot"), "no such file: a.plot");
         assert!(!not_found_message("a\0b").contains('\0'));
         assert!(not_found_message(&"x".repeat(1000)).len() < 300);
+    }
+}
+
+#[cfg(test)]
+mod bearer_tests {
+    use super::bearer_credentials;
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        for v in ["Bearer tok", "bearer tok", "BEARER tok", "bEaReR  tok"] {
+            assert_eq!(bearer_credentials(v), Some("tok"), "{v:?}");
+        }
+        assert_eq!(bearer_credentials("Basic tok"), None);
+        assert_eq!(bearer_credentials("Bearertok"), None);
+        assert_eq!(bearer_credentials("tok"), None);
     }
 }

@@ -83,7 +83,26 @@ pub fn http_client(
         .tcp_keepalive(Duration::from_secs(30))
         .no_proxy()
         .build()
-        .map_err(|e| StartError::Http(e.to_string()))
+        .map_err(|e| StartError::Http(explain_client_error(&e)))
+}
+
+/// The whole cause chain of a client build error, with the fix when it is the usual one: no CA certificates on
+/// the machine (reqwest only says "No CA certificates were loaded from the system").
+fn explain_client_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    if msg.contains("CA certificates") {
+        msg.push_str(
+            " (B2 is reached over HTTPS and needs the system's CA certificates: install the package \
+             `ca-certificates`, e.g. `apt-get install ca-certificates`)",
+        );
+    }
+    msg
 }
 
 impl Proxy {

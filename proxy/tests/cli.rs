@@ -170,3 +170,123 @@ fn shipped_example_config_is_valid_and_complete() {
         );
     }
 }
+
+fn proxy(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_b2-proxy"));
+    cmd.args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn bad_log_filter_exits_2() {
+    let (code, out) = proxy(&["--log", "foo=bar=baz", "--check-config"], &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("--log") && out.contains("foo=bar=baz"),
+        "{out}"
+    );
+}
+
+#[test]
+fn version_names_the_commit() {
+    let (code, out) = proxy(&["--version"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with(&format!("b2-proxy {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
+}
+
+#[test]
+fn man_page_and_completions_come_from_the_cli() {
+    let (code, page) = proxy(&["--generate", "man"], &[]);
+    assert_eq!(code, 0, "{page}");
+    assert!(
+        page.contains(".TH b2-proxy 1") && page.contains("check\\-config"),
+        "{page}"
+    );
+    assert!(page.contains("log\\-format"), "{page}");
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out) = proxy(&["--generate", shell], &[]);
+        assert_eq!(code, 0, "{shell}: {out}");
+        assert!(out.contains("check-config"), "{shell}: {out}");
+    }
+}
+
+#[test]
+fn json_logs_are_json_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    // A world-readable file with a secret: the proxy logs a warning, which is what we look at.
+    std::fs::write(
+        &path,
+        "[b2]\nkey_id = \"kid\"\napplication_key = \"supersecretvalue\"\nbucket = \"plots\"\n",
+    )
+    .expect("write config");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = Command::new(env!("CARGO_BIN_EXE_b2-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--check-config", "--log-format", "json"])
+        .env_remove("RUST_LOG")
+        .env_remove("B2_APPLICATION_KEY_ID")
+        .env_remove("B2_APPLICATION_KEY")
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(!lines.is_empty(), "no log line");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(v["level"], "WARN", "{line}");
+        assert!(
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("secrets")),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn missing_ca_certificates_name_the_package() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[b2]\nkey_id = \"kid\"\napplication_key = \"secretvalue\"\nbucket = \"plots\"\n\
+             [server]\nlisten = \"127.0.0.1:0\"\n[cache]\ndisk = 0\ndisk_dir = {:?}\n",
+            dir.path().join("cache")
+        ),
+    )
+    .expect("write config");
+    let empty = dir.path().join("no-certs");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let empty = empty.to_str().expect("utf-8");
+    // rustls-native-certs reads only these when they are set: an empty store, as on a machine without
+    // /etc/ssl/certs.
+    let (code, out) = proxy(
+        &["--config", path.to_str().expect("utf-8")],
+        &[
+            ("SSL_CERT_FILE", &format!("{empty}/none.pem")),
+            ("SSL_CERT_DIR", empty),
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ca-certificates"), "{out}");
+}

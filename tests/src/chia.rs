@@ -3,7 +3,7 @@
 //! mount, and get comparable, timed results.
 //!
 //! - Proof of space v1, [`chiapos`] 2.0.12 from PyPI, runs in a Python venv: by default `tests/.venv`
-//!   (`$B2FS_CHIA_VENV` overrides), made by `.ci/run` or by hand with [`VENV_SETUP`]. Each call runs one
+//!   (`$B2FS_CHIA_VENV` overrides), made by `./test.sh` or by hand with [`VENV_SETUP`]. Each call runs one
 //!   Python process; timings are measured inside it, so interpreter start-up is not counted.
 //! - Proof of space v2, the `chia-pos2` crate, runs in this crate's `b2fs-pos2` tool, one process per call
 //!   (see [`pos2_tool`] for why it is not linked here).
@@ -39,7 +39,7 @@ pub use report::{
     hex, parse_challenge, pos2_ids, random_bytes,
 };
 
-/// The chiapos version the tests use (what `.ci/run` installs).
+/// The chiapos version the tests use (what `./test.sh` installs).
 pub const CHIAPOS_VERSION: &str = "2.0.12";
 
 /// How to create the chiapos venv, from the workspace root.
@@ -64,7 +64,7 @@ pub fn chiapos_python() -> Result<PathBuf> {
     let hint = || {
         format!(
             "the chiapos tests need a Python venv with chiapos {CHIAPOS_VERSION} at {}. Create it from the \
-             workspace root with `{VENV_SETUP}` (.ci/run does this), or point $B2FS_CHIA_VENV at one",
+             workspace root with `{VENV_SETUP}` (./test.sh does this), or point $B2FS_CHIA_VENV at one",
             dir.display()
         )
     };

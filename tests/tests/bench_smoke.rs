@@ -3,7 +3,7 @@
 //! chia-pos2 provers), exit 0 and print every scenario's table row. Its numbers are not checked: targets
 //! are for the release benchmark (README "Performance"), never asserted in tests.
 //!
-//! Needs what the other end-to-end tests need: /dev/fuse with fusermount3, and the chiapos venv (.ci/run).
+//! Needs what the other end-to-end tests need: /dev/fuse with fusermount3, and the chiapos venv (./test.sh).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,7 +60,7 @@ fn bench_all_smoke_prints_every_scenario() {
             "no table row for {scenario}:\n{stdout}"
         );
     }
-    // The comparison column runs where rclone is installed (.ci/run installs it when Debian has it).
+    // The comparison column runs where rclone is installed (./test.sh installs it when Debian has it).
     if b2fs_tests::bench::rclone().is_some() {
         for mode in ["off", "full"] {
             let row = format!("| pos1-replay | rclone mount, --vfs-cache-mode {mode} |");

@@ -2,7 +2,7 @@
 //! Chia provers. Each test mounts its own temporary directory, so they run in parallel.
 //!
 //! Needs `/dev/fuse` and `fusermount3` (package fuse3), and for the chiapos test the venv at `tests/.venv`
-//! (see `.ci/run`); a missing venv fails that test with the command that creates it.
+//! (`./test.sh` makes it); a missing venv fails that test with the command that creates it.
 
 mod common;
 
