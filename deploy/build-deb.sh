@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian package `b2fs` (target/debian/b2fs_<version>_<arch>.deb) with cargo-deb: both release
 # binaries, then the man pages and completions rendered from their command lines (`--generate`), then the
-# package (metadata in proxy/Cargo.toml). Prints the path of the .deb on its last line.
+# package (metadata in proxy/Cargo.toml). Prints the absolute path of the .deb on its last line.
 #   deploy/build-deb.sh            release build (what ships)
 #   B2FS_DEB_PROFILE=dev ...       quicker unoptimised build, for tests on a busy machine
 set -euo pipefail
@@ -30,4 +30,4 @@ for bin in b2-proxy b2fs-shim; do
 done
 # cargo-deb maps the assets' target/release/ paths to the profile's directory.
 cargo deb -p b2-proxy --no-build --profile "$profile" --output "$target_dir/debian/" >&2
-ls -t "$target_dir"/debian/b2fs_*.deb | head -n 1
+readlink -f "$(ls -t "$target_dir"/debian/b2fs_*.deb | head -n 1)"
