@@ -574,7 +574,10 @@ pub struct V2Catalog {
     pub ls_ms: f64,
     pub ls_l_ms: f64,
     pub entries: usize,
+    /// Right after the catalog load.
     pub proxy_rss: Option<u64>,
+    /// After `ls` and `ls -l` (the shim's tree paged from `GET /files`, every entry stat'ed).
+    pub proxy_rss_after_ls: Option<u64>,
     pub shim_rss: Option<u64>,
     pub emulator_list_latency_ms: f64,
 }
@@ -924,11 +927,8 @@ async fn phases(
         "ls listed {entries} plots, the bucket has {}",
         farm.plots
     );
+    rep.catalog.proxy_rss_after_ls = stack.proxy_rss().map(|r| r.bytes);
     if plan.catalog_only {
-        rep.catalog.proxy_rss = stack
-            .proxy_rss()
-            .map(|r| r.bytes)
-            .max(rep.catalog.proxy_rss);
         return Ok(());
     }
     let emu = stack.emu_arc();
@@ -1170,7 +1170,7 @@ pub fn markdown(r: &FarmV2Report, o: &mut String) {
     let c = &r.catalog;
     let _ = writeln!(
         o,
-        "| scenario | files | catalog load | list calls | `ls` | `ls -l` | proxy RSS | shim RSS |"
+        "| scenario | files | catalog load | list calls | `ls` | `ls -l` | proxy RSS (catalog / after `ls -l`) | shim RSS |"
     );
     let _ = writeln!(
         o,
@@ -1178,7 +1178,7 @@ pub fn markdown(r: &FarmV2Report, o: &mut String) {
     );
     let _ = writeln!(
         o,
-        "| farm-v2 | {} | {} | {} ({} ms each) | {} | {} | {} | {} |",
+        "| farm-v2 | {} | {} | {} ({} ms each) | {} | {} | {} / {} | {} |",
         c.files,
         fmt_ms(c.load_ms),
         c.list_calls,
@@ -1186,6 +1186,7 @@ pub fn markdown(r: &FarmV2Report, o: &mut String) {
         fmt_ms(c.ls_ms),
         fmt_ms(c.ls_l_ms),
         c.proxy_rss.map(mib).unwrap_or("-".into()),
+        c.proxy_rss_after_ls.map(mib).unwrap_or("-".into()),
         c.shim_rss.map(mib).unwrap_or("-".into()),
     );
     if !r.starts.is_empty() {
@@ -1309,8 +1310,13 @@ pub fn targets(r: &FarmV2Report) -> Vec<Target> {
         t.push(met(
             format!("{label}: proxy RSS for the catalog"),
             "<= 300 MiB",
-            c.proxy_rss.map(mib).unwrap_or("-".into()),
+            format!(
+                "{} after the load, {} after `ls -l`",
+                c.proxy_rss.map(mib).unwrap_or("-".into()),
+                c.proxy_rss_after_ls.map(mib).unwrap_or("-".into())
+            ),
             c.proxy_rss
+                .max(c.proxy_rss_after_ls)
                 .filter(|_| r.plots >= 1_000_000)
                 .map(|b| b <= 300 << 20),
         ));
