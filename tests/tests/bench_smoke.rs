@@ -51,6 +51,7 @@ fn bench_all_smoke_prints_every_scenario() {
         "chiapos",
         "pos2",
         "farm",
+        "farm-v2",
         "eviction",
     ] {
         assert!(

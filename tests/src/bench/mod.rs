@@ -3,9 +3,9 @@
 //! it down, and the run ends with Markdown tables and JSON.
 //!
 //! Scenarios (see `--help` and README "Performance"): `micro`, `pos1-replay`, `tail`, `chiapos`, `pos2`,
-//! `farm`, or `all`. Targets are measured and printed with met / not met, never asserted.
+//! `farm`, `farm-v2`, `eviction`, or `all`. Targets are measured and printed with met / not met, never asserted.
 //!
-//! Modules: [`floor`] (naive and Monte Carlo floors), [`pos1`] (the k=32 replay), [`micro`], [`farm`],
+//! Modules: [`floor`] (naive and Monte Carlo floors), [`pos1`] (the k=32 replay), [`micro`], [`farm`], [`farm_v2`],
 //! [`chia_scen`] (real provers through the mount, using [`crate::chia`]), [`stack`] (emulator + proxy;
 //! mounts come from [`crate::mount`]), [`report`], [`dist`].
 
@@ -13,6 +13,7 @@ pub mod chia_scen;
 pub mod dist;
 pub mod eviction;
 pub mod farm;
+pub mod farm_v2;
 pub mod floor;
 pub mod micro;
 pub mod pos1;
@@ -57,18 +58,22 @@ pub enum Scenario {
     Pos2,
     /// 10,000 virtual plots: catalog load, `ls`, proxy memory, a harvester loop.
     Farm,
+    /// A proof-of-space v2 farm: k=28 plots in groups, harvesters with thread pools, restarts, a baseline.
+    #[value(name = "farm-v2")]
+    FarmV2,
     /// Memory-tier eviction policies replaying a harvester's block trace (no network).
     Eviction,
 }
 
 impl Scenario {
-    pub const ORDER: [Scenario; 7] = [
+    pub const ORDER: [Scenario; 8] = [
         Scenario::Micro,
         Scenario::Pos1Replay,
         Scenario::Tail,
         Scenario::Chiapos,
         Scenario::Pos2,
         Scenario::Farm,
+        Scenario::FarmV2,
         Scenario::Eviction,
     ];
 
@@ -81,6 +86,7 @@ impl Scenario {
             Scenario::Chiapos => "chiapos",
             Scenario::Pos2 => "pos2",
             Scenario::Farm => "farm",
+            Scenario::FarmV2 => "farm-v2",
             Scenario::Eviction => "eviction",
         }
     }
@@ -168,15 +174,18 @@ pub struct Opts {
     #[arg(long)]
     pub micro_reads: Option<usize>,
 
-    /// Farm: number of virtual k=32 plots in the bucket.
-    #[arg(long, default_value_t = 10_000)]
-    pub farm_plots: usize,
+    /// Farm: number of virtual plots in the bucket (farm: 10,000 k=32; farm-v2: 2,000 k=28 with the pos2
+    /// shape, 200,000 with chunks, 1,000,000 with --catalog-only).
+    #[arg(long)]
+    pub farm_plots: Option<usize>,
 
-    /// Farm: how long the harvester loop runs (default 120s; 2s with --smoke), in real (compressed) time.
+    /// Farm: how long the harvester loop runs (farm: default 120s, 2s with --smoke; farm-v2: default 300s,
+    /// 3s with --smoke), in real (compressed) time.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub farm_duration: Option<Duration>,
 
-    /// Farm: signage point interval.
+    /// Farm: signage point interval. Mainnet's is 9.375 s; a shorter one compresses time (more signage points,
+    /// so more group bursts, in a run of a given length; bursts may then overlap more than on mainnet).
     #[arg(long, value_name = "DURATION", default_value = "9.375s", value_parser = humantime::parse_duration)]
     pub sp_interval: Duration,
 
@@ -184,9 +193,43 @@ pub struct Opts {
     #[arg(long)]
     pub time_compress: Option<f64>,
 
-    /// Farm: one plot in this many passes the plot filter at each signage point.
-    #[arg(long, default_value_t = 256)]
-    pub filter: u32,
+    /// Farm: one plot (farm-v2: one group) in this many passes the plot filter at each signage point (farm: 256,
+    /// farm-v2: 512; 2 with --smoke).
+    #[arg(long)]
+    pub filter: Option<u32>,
+
+    /// farm-v2: the read shape of a lookup.
+    #[arg(long, value_enum, default_value_t = farm_v2::V2Shape::Pos2)]
+    pub v2_shape: farm_v2::V2Shape,
+
+    /// farm-v2: plots per group (a group passes the filter as one; default 128, 8 with --smoke).
+    #[arg(long)]
+    pub group_size: Option<usize>,
+
+    /// farm-v2: harvesters, each its own b2fs-shim mount of the one proxy (default 1, 2 with --smoke); groups
+    /// are dealt to them round-robin.
+    #[arg(long)]
+    pub harvesters: Option<usize>,
+
+    /// farm-v2: lookups a harvester runs at once (chia's num_threads; default 30, 4 with --smoke).
+    #[arg(long)]
+    pub harvester_threads: Option<usize>,
+
+    /// farm-v2: only the catalog phase (load, `ls`, `ls -l`, RSS), default 1,000,000 files.
+    #[arg(long)]
+    pub catalog_only: bool,
+
+    /// farm-v2: proxy cache.memory (default 1GiB; 256MiB with --smoke).
+    #[arg(long, value_name = "SIZE")]
+    pub v2_cache_memory: Option<ByteSize>,
+
+    /// farm-v2: proxy cache.disk (default: the hot set + 25% + 1 GiB, in whole GiB).
+    #[arg(long, value_name = "SIZE")]
+    pub v2_cache_disk: Option<ByteSize>,
+
+    /// farm-v2: how long the signage-point loop after the proxy restart runs (default 60s; 1.5s with --smoke).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub restart_duration: Option<Duration>,
 
     /// Proxy `fetch.hedge_quantile` for every scenario (default: the proxy's own default).
     #[arg(long, value_name = "Q")]
@@ -683,6 +726,52 @@ async fn scenario_pos1(ctx: &Ctx, floors: &Floors, report: &mut Report) -> anyho
     Ok(())
 }
 
+async fn scenario_farm_v2(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let o = &ctx.opts;
+    let shape = o.v2_shape;
+    let default_plots = if o.catalog_only {
+        1_000_000
+    } else {
+        shape.default_plots()
+    };
+    let plan = farm_v2::V2Plan {
+        farm: farm_v2::FarmShape {
+            shape,
+            plots: o.pick(o.farm_plots, default_plots, 24).max(1),
+            group_size: o.pick(o.group_size, 128, 8).max(1),
+            filter: o.pick(o.filter, 512, 2).max(1),
+            harvesters: o.pick(o.harvesters, 1, 2).max(1),
+            threads: o.pick(o.harvester_threads, 30, 4).max(1),
+            seed: o.seed,
+        },
+        catalog_only: o.catalog_only,
+        interval: o
+            .sp_interval
+            .div_f64(o.pick(o.time_compress, 1.0, 10.0).max(0.001)),
+        duration: o.pick(
+            o.farm_duration,
+            Duration::from_secs(300),
+            Duration::from_secs(3),
+        ),
+        after_restart: o.pick(
+            o.restart_duration,
+            Duration::from_secs(60),
+            Duration::from_millis(1500),
+        ),
+        memory: o.pick(o.v2_cache_memory, ByteSize::gib(1), ByteSize::mib(256)),
+        disk: o.v2_cache_disk,
+    };
+    report.farm_v2.push(farm_v2::run(ctx, &plan).await?);
+    // The smoke run also runs the catalog-only pass, small.
+    if o.smoke && !o.catalog_only {
+        let mut small = plan.clone();
+        small.catalog_only = true;
+        small.farm.plots = o.farm_plots.unwrap_or(500);
+        report.farm_v2.push(farm_v2::run(ctx, &small).await?);
+    }
+    Ok(())
+}
+
 async fn scenario_eviction(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let trace = eviction::Trace::new(ctx.opts.smoke, ctx.opts.seed);
     for policy in b2_proxy::config::Eviction::ALL {
@@ -765,7 +854,7 @@ async fn scenario_micro(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
 
 async fn scenario_farm(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let o = &ctx.opts;
-    let plots = o.farm_plots.max(1);
+    let plots = o.farm_plots.unwrap_or(10_000).max(1);
     let compress = o.pick(o.time_compress, 1.0, 10.0).max(0.001);
     let interval = o.sp_interval.div_f64(compress);
     let duration = o.pick(
@@ -789,7 +878,7 @@ async fn scenario_farm(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         rss_after_catalog: stack.proxy_rss(),
         duration_s: duration.as_secs_f64(),
         sp_interval_s: interval.as_secs_f64(),
-        filter: o.filter,
+        filter: o.filter.unwrap_or(256),
         ..FarmReport::default()
     };
     if stack.proxy_pid().is_none() {
@@ -841,7 +930,7 @@ async fn scenario_farm(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             &farm::LoopPlan {
                 plots,
                 plot_size: K32_SIZE,
-                filter: o.filter.max(1),
+                filter: o.filter.unwrap_or(256).max(1),
                 interval,
                 duration,
                 seed: o.seed,
@@ -1133,6 +1222,7 @@ pub async fn run(opts: Opts) -> ExitCode {
             Scenario::Chiapos => chia_scen::chiapos(&ctx, &mut report).await,
             Scenario::Pos2 => chia_scen::pos2(&ctx, &floors, &mut report).await,
             Scenario::Farm => scenario_farm(&ctx, &mut report).await,
+            Scenario::FarmV2 => scenario_farm_v2(&ctx, &mut report).await,
             Scenario::Eviction => scenario_eviction(&ctx, &mut report).await,
             Scenario::All => Ok(()),
         };
@@ -1148,6 +1238,9 @@ pub async fn run(opts: Opts) -> ExitCode {
         }
     }
     report.targets = targets(&report);
+    for f in &report.farm_v2 {
+        report.targets.extend(farm_v2::targets(f));
+    }
     report
         .notes
         .push(format!("total run time {:.0?}", started.elapsed()));

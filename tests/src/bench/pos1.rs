@@ -389,17 +389,12 @@ pub struct Calibration {
     pub overhead_ms: f64,
 }
 
-/// `n` sequential 8191-byte downloads by name, straight from `emu`, which must inject a fixed delay of
-/// `injected_ms`.
-pub async fn calibrate(
+/// Authorizes straight against the emulator: (authorization token, download URL prefix of the bucket's files,
+/// to which the encoded file name is appended).
+pub async fn direct_base(
     emu: &Emulator,
     client: &reqwest::Client,
-    name: &str,
-    size: u64,
-    n: usize,
-    injected_ms: f64,
-    seed: u64,
-) -> anyhow::Result<Calibration> {
+) -> anyhow::Result<(String, String)> {
     use base64::Engine;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!(
         "{}:{}",
@@ -418,12 +413,27 @@ pub async fn calibrate(
         .as_str()
         .context("no authorizationToken")?
         .to_string();
-    let url = format!(
-        "{}/file/{}/{}",
+    let base = format!(
+        "{}/file/{}/",
         auth["downloadUrl"].as_str().context("no downloadUrl")?,
         emu.bucket_name(),
-        crate::emulator::encode_file_name(name)
     );
+    Ok((token, base))
+}
+
+/// `n` sequential 8191-byte downloads by name, straight from `emu`, which must inject a fixed delay of
+/// `injected_ms`.
+pub async fn calibrate(
+    emu: &Emulator,
+    client: &reqwest::Client,
+    name: &str,
+    size: u64,
+    n: usize,
+    injected_ms: f64,
+    seed: u64,
+) -> anyhow::Result<Calibration> {
+    let (token, base) = direct_base(emu, client).await?;
+    let url = format!("{base}{}", crate::emulator::encode_file_name(name));
     let mut rng = StdRng::seed_from_u64(seed ^ 0xca11);
     let mut ms = Vec::with_capacity(n);
     for i in 0..n + 3 {

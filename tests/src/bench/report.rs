@@ -164,6 +164,7 @@ pub struct Report {
     pub lookups: Vec<LookupRow>,
     pub micro: Vec<MicroRow>,
     pub farm: Option<FarmReport>,
+    pub farm_v2: Vec<super::farm_v2::FarmV2Report>,
     pub eviction: Vec<EvictionRow>,
     pub targets: Vec<Target>,
     /// Scenarios that failed.
@@ -404,6 +405,9 @@ impl Report {
             for n in &f.notes {
                 let _ = writeln!(o, "- {n}");
             }
+        }
+        for f in &self.farm_v2 {
+            super::farm_v2::markdown(f, &mut o);
         }
         if !self.targets.is_empty() {
             let _ = writeln!(o, "\n### Targets (measured, not asserted)\n");

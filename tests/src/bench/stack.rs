@@ -129,6 +129,17 @@ impl Default for ProxySettings {
     }
 }
 
+/// What a proxy restart took.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyRestart {
+    /// SIGTERM until the process exited.
+    pub stop: Duration,
+    /// It exited by itself (else it was killed after 120 s).
+    pub clean: bool,
+    /// Spawn until `/healthz` said 200.
+    pub start: Duration,
+}
+
 enum ProxyHandle {
     Inproc(Proxy),
     Process { child: Child, log: PathBuf },
@@ -136,7 +147,7 @@ enum ProxyHandle {
 
 /// Emulator + proxy, plus the HTTP client the bench reads through.
 pub struct Stack {
-    pub emu: Emulator,
+    pub emu: std::sync::Arc<Emulator>,
     proxy: Option<ProxyHandle>,
     pub base: String,
     pub http: reqwest::Client,
@@ -238,15 +249,7 @@ impl Stack {
                 let cfg_path = dir.path().join("proxy.toml");
                 std::fs::write(&cfg_path, config_toml(&config))?;
                 let log = dir.path().join("proxy.log");
-                let child = Command::new(&bins.proxy)
-                    .arg("--config")
-                    .arg(&cfg_path)
-                    .env("RUST_LOG", "warn")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(&log)?)
-                    .spawn()
-                    .with_context(|| format!("cannot start {}", bins.proxy.display()))?;
+                let child = spawn_proxy(&bins.proxy, &cfg_path, &log)?;
                 (
                     ProxyHandle::Process { child, log },
                     format!("http://127.0.0.1:{port}"),
@@ -254,7 +257,7 @@ impl Stack {
             }
         };
         let mut stack = Self {
-            emu,
+            emu: std::sync::Arc::new(emu),
             proxy: Some(proxy),
             base,
             http,
@@ -264,6 +267,27 @@ impl Stack {
         stack.wait_healthy(Duration::from_secs(120)).await?;
         stack.proxy_ready = started.elapsed();
         Ok(stack)
+    }
+
+    /// Stops the proxy process with SIGTERM (it closes its disk tier) and starts it again with the same config,
+    /// port and disk tier, until `/healthz` answers 200. Process mode only.
+    pub async fn restart_proxy(&mut self, bins: &Binaries) -> anyhow::Result<ProxyRestart> {
+        let Some(ProxyHandle::Process { child, log }) = self.proxy.take() else {
+            bail!("a proxy restart needs --proxy process");
+        };
+        let t = Instant::now();
+        let clean = stop_child_within(child, Duration::from_secs(120)).await;
+        let stop = t.elapsed();
+        let cfg_path = self.dir.path().join("proxy.toml");
+        let started = Instant::now();
+        let child = spawn_proxy(&bins.proxy, &cfg_path, &log)?;
+        self.proxy = Some(ProxyHandle::Process { child, log });
+        self.wait_healthy(Duration::from_secs(300)).await?;
+        Ok(ProxyRestart {
+            stop,
+            clean,
+            start: started.elapsed(),
+        })
     }
 
     async fn wait_healthy(&mut self, limit: Duration) -> anyhow::Result<()> {
@@ -285,6 +309,11 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The emulator, shareable with tasks.
+    pub fn emu_arc(&self) -> std::sync::Arc<Emulator> {
+        self.emu.clone()
     }
 
     /// The proxy URL of a file.
@@ -338,6 +367,23 @@ impl Stack {
         (!values.is_empty()).then(|| values.iter().sum())
     }
 
+    /// The proxy's whole `/metrics` text as (sample name with labels, value) pairs; empty when unreadable.
+    pub async fn metrics(&self) -> Vec<(String, f64)> {
+        let Ok(resp) = self.http.get(format!("{}/metrics", self.base)).send().await else {
+            return Vec::new();
+        };
+        let Ok(text) = resp.text().await else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, v) = l.rsplit_once(' ')?;
+                Some((name.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Upstream download requests so far (by id and by name).
     pub fn downloads(stats: &Stats) -> u64 {
         stats.requests.download_by_id + stats.requests.download_by_name
@@ -354,23 +400,46 @@ impl Stack {
     }
 }
 
+/// Starts `b2-proxy --config cfg`, its stderr appended to `log`.
+fn spawn_proxy(proxy: &Path, cfg: &Path, log: &Path) -> anyhow::Result<Child> {
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Command::new(proxy)
+        .arg("--config")
+        .arg(cfg)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("cannot start {}", proxy.display()))
+}
+
 /// SIGTERM, up to 10 s for a clean exit, then SIGKILL.
-pub async fn stop_child(mut child: Child) {
+pub async fn stop_child(child: Child) {
+    stop_child_within(child, Duration::from_secs(10)).await;
+}
+
+/// SIGTERM, up to `limit` for a clean exit (true), then SIGKILL (false).
+pub async fn stop_child_within(mut child: Child, limit: Duration) -> bool {
     if let Ok(pid) = i32::try_from(child.id()) {
         // SAFETY: kill(2) on our own child's pid; no memory is touched.
         unsafe {
             libc::kill(pid, libc::SIGTERM);
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = child.kill();
     let _ = child.wait();
+    false
 }
 
 impl Drop for Stack {

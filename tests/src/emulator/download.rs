@@ -330,6 +330,7 @@ async fn respond(
     let body = match guard {
         None => Body::empty(),
         Some(guard) => {
+            shared.stats.watch(req_start, req_end, size);
             shared.stats.range_served(RangeRecord {
                 name: info.name.clone(),
                 file_id: info.id.clone(),

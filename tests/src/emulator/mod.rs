@@ -65,7 +65,7 @@ pub use config::{
 pub use download::encode_file_name;
 pub use error::EmulatorError;
 pub use files::{CONTENT_TYPE, FileInfo, FileSource, name_seed, virtual_bytes, virtual_fill};
-pub use stats::{FaultCounts, RangeRecord, RequestCounts, Stats};
+pub use stats::{FaultCounts, RangeRecord, RequestCounts, Stats, WatchCounts};
 
 use auth::{Identity, TokenStore};
 use bandwidth::Pacer;
@@ -503,6 +503,17 @@ impl Emulator {
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         self.shared.stats.snapshot()
+    }
+
+    /// Counts downloads that touch the first `head` or the last `tail` bytes of a file in
+    /// [`Stats::watched`] (0 turns one off).
+    pub fn watch(&self, head: u64, tail: u64) {
+        self.shared.stats.set_watch(head, tail);
+    }
+
+    /// Download GETs so far, cheaply (no snapshot of the recent ranges).
+    pub fn downloads(&self) -> u64 {
+        self.shared.stats.downloads()
     }
 
     /// Zeroes the counters (the peak restarts from the downloads in flight now).

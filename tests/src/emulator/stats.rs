@@ -96,6 +96,23 @@ pub struct RangeRecord {
     pub fault: Option<Fault>,
 }
 
+/// Downloads that touched the watched ranges of a file: its first `head` bytes and its last `tail` bytes (set
+/// with `Emulator::watch`; the benchmark watches plot headers and the v2 chunk index at the tail, so "index
+/// refetches" are counted exactly rather than read from the bounded [`Stats::recent_ranges`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchCounts {
+    /// Watched head length (0: not watched).
+    pub head: u64,
+    /// Watched tail length (0: not watched).
+    pub tail: u64,
+    /// Downloads whose range overlaps the head.
+    pub head_downloads: u64,
+    /// Downloads whose range overlaps the tail.
+    pub tail_downloads: u64,
+    /// Bytes of those downloads inside the tail.
+    pub tail_bytes: u64,
+}
+
 /// A snapshot of the counters (`GET /_emu/stats`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -122,6 +139,9 @@ pub struct Stats {
     pub connections_opened: u64,
     /// The most recent downloads, oldest first (at most [`RECENT_RANGES`]).
     pub recent_ranges: Vec<RangeRecord>,
+    /// Downloads of the watched head and tail ranges.
+    #[serde(default)]
+    pub watched: WatchCounts,
 }
 
 #[derive(Default)]
@@ -147,6 +167,11 @@ pub(crate) struct StatsCollector {
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
     connections: AtomicU64,
+    watch_head: AtomicU64,
+    watch_tail: AtomicU64,
+    head_downloads: AtomicU64,
+    tail_downloads: AtomicU64,
+    tail_bytes: AtomicU64,
     statuses: Mutex<BTreeMap<u16, u64>>,
     recent: Mutex<VecDeque<RangeRecord>>,
 }
@@ -208,6 +233,32 @@ impl StatsCollector {
         self.bytes_sent.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Sets the watched head and tail lengths (0 turns one off); the counts are kept.
+    pub fn set_watch(&self, head: u64, tail: u64) {
+        self.watch_head.store(head, Ordering::Relaxed);
+        self.watch_tail.store(tail, Ordering::Relaxed);
+    }
+
+    /// Counts a download of `start..=end` of a file of `size` bytes against the watched ranges.
+    pub fn watch(&self, start: u64, end: u64, size: u64) {
+        let head = load(&self.watch_head);
+        if head > 0 && start < head {
+            bump(&self.head_downloads);
+        }
+        let tail = load(&self.watch_tail).min(size);
+        let tail_start = size - tail;
+        if tail > 0 && end >= tail_start && start < size {
+            bump(&self.tail_downloads);
+            let overlap = end.min(size - 1) + 1 - start.max(tail_start);
+            self.tail_bytes.fetch_add(overlap, Ordering::Relaxed);
+        }
+    }
+
+    /// Download GETs so far (by name and by id), without a full snapshot.
+    pub fn downloads(&self) -> u64 {
+        load(&self.download_by_name) + load(&self.download_by_id)
+    }
+
     pub fn range_served(&self, record: RangeRecord) {
         bump(&self.ranges_served);
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -265,6 +316,13 @@ impl StatsCollector {
                 .iter()
                 .cloned()
                 .collect(),
+            watched: WatchCounts {
+                head: load(&self.watch_head),
+                tail: load(&self.watch_tail),
+                head_downloads: load(&self.head_downloads),
+                tail_downloads: load(&self.tail_downloads),
+                tail_bytes: load(&self.tail_bytes),
+            },
         }
     }
 
@@ -290,6 +348,9 @@ impl StatsCollector {
             &self.first_attempt_delays,
             &self.rate_limited,
             &self.connections,
+            &self.head_downloads,
+            &self.tail_downloads,
+            &self.tail_bytes,
         ] {
             a.store(0, Ordering::Relaxed);
         }
@@ -323,5 +384,30 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.stats.download_ended();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watched_head_and_tail() {
+        let s = StatsCollector::default();
+        s.watch(0, 8190, 1000);
+        assert_eq!(s.snapshot().watched.head_downloads, 0, "not watched yet");
+        s.set_watch(100, 300);
+        s.watch(0, 8, 1000); // head
+        s.watch(500, 699, 1000); // neither
+        s.watch(650, 799, 1000); // 100 bytes of the tail
+        s.watch(900, 5000, 1000); // 100 bytes, end past EOF
+        let w = s.snapshot().watched;
+        assert_eq!(
+            (w.head_downloads, w.tail_downloads, w.tail_bytes),
+            (1, 2, 200)
+        );
+        s.reset();
+        let w = s.snapshot().watched;
+        assert_eq!((w.head, w.tail, w.tail_downloads), (100, 300, 0));
     }
 }

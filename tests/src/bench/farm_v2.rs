@@ -1,0 +1,1563 @@
+//! A proof-of-space v2 farm as harvesters run it (CHIA-READS.md, "A v2 farm, as harvesters will run it"):
+//! virtual k=28 plots of ~0.95 GiB, plot groups of `--group-size` that pass the filter together (a burst of
+//! lookups at one signage point), one or more harvesters (each its own b2fs-shim mount of one proxy) that run at
+//! most `--harvester-threads` lookups at once and queue the rest.
+//!
+//! A lookup reopens its plot and reads, each read after the one before:
+//! - `pos2` shape (chia-pos2 1.0.0): the header (8191 B at 0), the whole chunk index (~3.65 MB, from its
+//!   offset to EOF) in one `read()`, then 4 reads of 8191 B in the body;
+//! - `chunks` shape (pos2-chip 0.6): the header, the 32 KiB chunk-offset table at the tail, then 4 reads of
+//!   ~240 KB in the body.
+//!
+//! Phases: catalog load (and `ls`, `ls -l` of the mount), harvester start (every plot opened: 8191 B at 0 and at
+//! 51), warm-up (every plot's header and index read as a lookup reads them, all queued at once: the hot set),
+//! the signage-point loop, a harvester restart (new
+//! mounts, every plot opened again) against the warm cache, a proxy restart (SIGTERM, start on the same disk
+//! tier) and a signage-point loop after it. A baseline pass sends the loop's lookups straight to the emulator
+//! (no proxy, no mount) with the header and index taken as held by a perfect cache, i.e. the 4 body reads only.
+//! `--catalog-only` runs the catalog phase alone (the 1,000,000-file pass).
+//!
+//! Index refetches are counted by the emulator: every download touching the watched tail of a file (the index
+//! or offset table) after warm-up is one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::dist::{Dist, fmt_ms};
+use super::pos1::{READ, Read};
+use super::report::Target;
+use super::stack::{ProxySettings, Stack, rss_of};
+use super::{Ctx, progress, unmount};
+use crate::emulator::{Emulator, FileInfo};
+use crate::mount::{Mount, Shim};
+
+/// A k=28 v2 plot file: ~0.95 GiB.
+pub const PLOT_SIZE: u64 = (95 << 30) / 100;
+/// chia-pos2 1.0.0's chunk index at k=28, read whole by every lookup.
+pub const POS2_INDEX: u64 = 3_650_000;
+/// pos2-chip 0.6's chunk-offset table.
+pub const CHUNK_TABLE: u64 = 32 << 10;
+/// pos2-chip 0.6's compressed chunk, about (jittered +-8 KB).
+pub const CHUNK_READ: u64 = 240_000;
+/// Dependent body reads per lookup.
+pub const BODY_READS: usize = 4;
+/// `Prover::new` reads 8191 B at 0 and at 51.
+pub const OPEN_READS: [u64; 2] = [0, 51];
+/// Downloads touching this many bytes at the start of a file count as header GETs.
+pub const HEADER_WATCH: u64 = 51 + READ;
+/// A lookup slower than this makes the harvester warn.
+pub const SLOW_LOOKUP_MS: f64 = 8_000.0;
+/// Body reads stay this far from the index (so a read-ahead never touches it).
+const INDEX_MARGIN: u64 = 16 << 20;
+
+/// Which prover generation's reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum V2Shape {
+    /// chia-pos2 1.0.0: header, the whole 3.65 MB chunk index, 4 x 8191 B.
+    Pos2,
+    /// pos2-chip 0.6: header, a 32 KiB offset table, 4 x ~240 KB.
+    Chunks,
+}
+
+impl V2Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            V2Shape::Pos2 => "pos2",
+            V2Shape::Chunks => "chunks",
+        }
+    }
+
+    /// The bytes at the tail every lookup re-reads (index or offset table).
+    pub fn tail_len(self) -> u64 {
+        match self {
+            V2Shape::Pos2 => POS2_INDEX,
+            V2Shape::Chunks => CHUNK_TABLE,
+        }
+    }
+
+    /// Bytes of the body reads of one lookup, about.
+    pub fn body_bytes(self) -> u64 {
+        BODY_READS as u64
+            * match self {
+                V2Shape::Pos2 => READ,
+                V2Shape::Chunks => CHUNK_READ,
+            }
+    }
+
+    /// Plots by default.
+    pub fn default_plots(self) -> usize {
+        match self {
+            V2Shape::Pos2 => 2_000,
+            V2Shape::Chunks => 200_000,
+        }
+    }
+
+    /// The reads of plot `plot`'s lookup at signage point `sp`.
+    pub fn lookup(self, seed: u64, plot: usize, sp: u64) -> Lookup {
+        let mut rng = StdRng::seed_from_u64(
+            seed ^ (plot as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ sp.wrapping_mul(0xc2b2_ae3d),
+        );
+        let tail = self.tail_len();
+        let body = std::array::from_fn(|_| {
+            let len = match self {
+                V2Shape::Pos2 => READ,
+                V2Shape::Chunks => CHUNK_READ - 8_000 + rng.random_range(0..16_000),
+            };
+            Read {
+                off: rng.random_range((1 << 20)..PLOT_SIZE - tail - INDEX_MARGIN - len),
+                len,
+            }
+        });
+        Lookup {
+            header: Read { off: 0, len: READ },
+            index: Read {
+                off: PLOT_SIZE - tail,
+                len: tail,
+            },
+            body,
+        }
+    }
+}
+
+/// One lookup's reads, in order.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub header: Read,
+    pub index: Read,
+    pub body: [Read; BODY_READS],
+}
+
+/// One signage point of a phase: when (from the phase start) and which plots pass.
+#[derive(Debug, Clone)]
+pub struct SpPlan {
+    pub at: Duration,
+    /// Signage point number (different in every phase, so lookups differ).
+    pub id: u64,
+    pub plots: Vec<usize>,
+}
+
+/// The farm's shape.
+#[derive(Debug, Clone)]
+pub struct FarmShape {
+    pub shape: V2Shape,
+    pub plots: usize,
+    pub group_size: usize,
+    pub filter: u32,
+    pub harvesters: usize,
+    pub threads: usize,
+    pub seed: u64,
+}
+
+impl FarmShape {
+    pub fn groups(&self) -> usize {
+        self.plots.div_ceil(self.group_size)
+    }
+
+    /// The harvester that farms `plot` (groups round-robin).
+    pub fn harvester_of(&self, plot: usize) -> usize {
+        (plot / self.group_size) % self.harvesters
+    }
+
+    /// Signage points every `interval` for `duration` (at least one), starting at id `first_id`; each group
+    /// passes with probability 1/filter.
+    pub fn schedule(&self, interval: Duration, duration: Duration, first_id: u64) -> Vec<SpPlan> {
+        let n = ((duration.as_secs_f64() / interval.as_secs_f64().max(1e-6)).floor() as u64).max(1);
+        let mut rng = StdRng::seed_from_u64(self.seed ^ 0x5e9a_1000 ^ first_id);
+        (0..n)
+            .map(|k| {
+                let plots = (0..self.groups())
+                    .filter(|_| rng.random_range(0..self.filter.max(1)) == 0)
+                    .flat_map(|g| g * self.group_size..((g + 1) * self.group_size).min(self.plots))
+                    .collect();
+                SpPlan {
+                    at: interval * k as u32,
+                    id: first_id + k,
+                    plots,
+                }
+            })
+            .collect()
+    }
+
+    /// One signage point at which every plot passes.
+    pub fn everything(&self, id: u64) -> Vec<SpPlan> {
+        vec![SpPlan {
+            at: Duration::ZERO,
+            id,
+            plots: (0..self.plots).collect(),
+        }]
+    }
+}
+
+/// Name of plot `i` in the bucket (and under the mount).
+pub fn plot_name(i: usize) -> String {
+    format!("{PREFIX}{i:06}.plot")
+}
+
+pub const PREFIX: &str = "farm-v2/plot-";
+
+/// How a phase's lookups are made.
+#[derive(Clone)]
+pub enum Mode {
+    /// Lookups through harvester `h`'s mount at `roots[h]`.
+    Mount(Vec<PathBuf>),
+    /// Harvester start through the mounts: open, 8191 B at 0 and at 51.
+    Open(Vec<PathBuf>),
+    /// Warm-up through the mounts: a lookup's header and index reads, not its body reads (those depend on the
+    /// signage point's challenge and cannot be warmed; a farm's hot set is the headers and indexes).
+    Warm(Vec<PathBuf>),
+    /// The baseline: the 4 body reads straight from the emulator.
+    Direct {
+        client: reqwest::Client,
+        url: String,
+        token: String,
+    },
+}
+
+/// One lookup's outcome.
+#[derive(Debug, Clone, Default)]
+struct Done {
+    queued_ms: f64,
+    total_ms: f64,
+    header_ms: f64,
+    index_ms: f64,
+    error: Option<String>,
+}
+
+/// What a phase's lookups measured.
+#[derive(Debug, Default)]
+pub struct PhaseRun {
+    pub signage_points: usize,
+    pub lookups: usize,
+    pub failed: usize,
+    pub lookup_ms: Vec<f64>,
+    pub header_ms: Vec<f64>,
+    pub index_ms: Vec<f64>,
+    pub queued_ms: Vec<f64>,
+    pub sp_ms: Vec<f64>,
+    pub errors: Vec<String>,
+}
+
+thread_local! {
+    static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn pread_exact(f: &std::fs::File, off: u64, len: u64, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    buf.resize(len as usize, 0);
+    f.read_exact_at(&mut buf[..len as usize], off)
+}
+
+fn check(info: &FileInfo, r: Read, got: &[u8], sample: bool) -> anyhow::Result<()> {
+    // Whole reads up to 256 KiB; larger ones (the index) at both ends.
+    let spans: Vec<(u64, u64)> = if !sample || r.len <= 256 << 10 {
+        vec![(0, r.len)]
+    } else {
+        vec![(0, 4096), (r.len - 4096, 4096)]
+    };
+    for (at, len) in spans {
+        let mut want = vec![0u8; len as usize];
+        info.read_at(r.off + at, &mut want)?;
+        anyhow::ensure!(
+            got[at as usize..(at + len) as usize] == want[..],
+            "{}: wrong bytes at {}+{}",
+            info.name,
+            r.off + at,
+            len
+        );
+    }
+    Ok(())
+}
+
+/// One lookup (or open) through a mount, blocking. Returns (header, index) step times.
+/// What a mount lookup reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    Open,
+    HeaderAndIndex,
+    Full,
+}
+
+fn mount_lookup(
+    path: &Path,
+    info: &FileInfo,
+    lookup: &Lookup,
+    what: Reads,
+) -> anyhow::Result<(f64, f64)> {
+    BUF.with(|b| {
+        let buf = &mut b.borrow_mut();
+        let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+        if what == Reads::Open {
+            for off in OPEN_READS {
+                pread_exact(&f, off, READ, buf).with_context(|| format!("read {off}"))?;
+                check(info, Read { off, len: READ }, buf, false)?;
+            }
+            return Ok((0.0, 0.0));
+        }
+        let t = Instant::now();
+        pread_exact(&f, lookup.header.off, lookup.header.len, buf).context("header read")?;
+        let header_ms = t.elapsed().as_secs_f64() * 1e3;
+        check(info, lookup.header, buf, false)?;
+        // chia-pos2 seeks to the end for the size.
+        let size = f.metadata()?.len();
+        anyhow::ensure!(size == PLOT_SIZE, "size {size}");
+        let t = Instant::now();
+        pread_exact(&f, lookup.index.off, lookup.index.len, buf).context("index read")?;
+        let index_ms = t.elapsed().as_secs_f64() * 1e3;
+        check(info, lookup.index, buf, true)?;
+        if what == Reads::HeaderAndIndex {
+            return Ok((header_ms, index_ms));
+        }
+        for r in &lookup.body {
+            pread_exact(&f, r.off, r.len, buf).with_context(|| format!("body read {}", r.off))?;
+            check(info, *r, buf, false)?;
+        }
+        Ok((header_ms, index_ms))
+    })
+}
+
+async fn direct_read(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    r: Read,
+) -> anyhow::Result<()> {
+    let resp = client
+        .get(url)
+        .header("Authorization", token)
+        .header("Range", format!("bytes={}-{}", r.off, r.off + r.len - 1))
+        .send()
+        .await?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    anyhow::ensure!(
+        status == 206 && body.len() as u64 == r.len,
+        "direct download: status {status}, {} bytes",
+        body.len()
+    );
+    Ok(())
+}
+
+/// Runs a phase's signage points: each SP's lookups go to their harvesters' queues at the SP's time; a
+/// harvester runs at most `threads` at once (a fair semaphore: first queued, first run).
+pub async fn run_phase(
+    farm: &FarmShape,
+    infos: &Arc<Vec<FileInfo>>,
+    sps: &[SpPlan],
+    mode: &Mode,
+) -> PhaseRun {
+    let pools: Vec<Arc<Semaphore>> = (0..farm.harvesters)
+        .map(|_| Arc::new(Semaphore::new(farm.threads.max(1))))
+        .collect();
+    let start = tokio::time::Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+    let mut sp_tasks = tokio::task::JoinSet::new();
+    let mut run = PhaseRun::default();
+    let mut sizes = Vec::with_capacity(sps.len());
+    for sp in sps {
+        sizes.push(sp.plots.len());
+        if sp.plots.is_empty() {
+            continue;
+        }
+        let sp = sp.clone();
+        let pools = pools.clone();
+        let infos = infos.clone();
+        let mode = mode.clone();
+        let tx = tx.clone();
+        let farm = farm.clone();
+        sp_tasks.spawn(async move {
+            tokio::time::sleep_until(start + sp.at).await;
+            let sp_start = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for plot in sp.plots.iter().copied() {
+                let pool = pools[farm.harvester_of(plot)].clone();
+                let infos = infos.clone();
+                let mode = mode.clone();
+                let lookup = farm.shape.lookup(farm.seed, plot, sp.id);
+                let h = farm.harvester_of(plot);
+                set.spawn(async move {
+                    let Ok(_permit) = pool.acquire_owned().await else {
+                        return Done::default();
+                    };
+                    let queued_ms = sp_start.elapsed().as_secs_f64() * 1e3;
+                    let t = Instant::now();
+                    let r: anyhow::Result<(f64, f64)> = match &mode {
+                        Mode::Mount(roots) | Mode::Open(roots) | Mode::Warm(roots) => {
+                            let path = roots[h].join(plot_name(plot));
+                            let what = match mode {
+                                Mode::Open(_) => Reads::Open,
+                                Mode::Warm(_) => Reads::HeaderAndIndex,
+                                _ => Reads::Full,
+                            };
+                            match tokio::task::spawn_blocking(move || {
+                                mount_lookup(&path, &infos[plot], &lookup, what)
+                            })
+                            .await
+                            {
+                                Ok(r) => r,
+                                Err(e) => Err(anyhow::anyhow!("lookup thread: {e}")),
+                            }
+                        }
+                        Mode::Direct { client, url, token } => {
+                            let url = format!(
+                                "{url}{}",
+                                crate::emulator::encode_file_name(&plot_name(plot))
+                            );
+                            let mut r = Ok((0.0, 0.0));
+                            for b in &lookup.body {
+                                if let Err(e) = direct_read(client, &url, token, *b).await {
+                                    r = Err(e);
+                                    break;
+                                }
+                            }
+                            r
+                        }
+                    };
+                    let total_ms = t.elapsed().as_secs_f64() * 1e3;
+                    match r {
+                        Ok((header_ms, index_ms)) => Done {
+                            queued_ms,
+                            total_ms,
+                            header_ms,
+                            index_ms,
+                            error: None,
+                        },
+                        Err(e) => Done {
+                            queued_ms,
+                            total_ms,
+                            error: Some(format!("{}: {e:#}", plot_name(plot))),
+                            ..Done::default()
+                        },
+                    }
+                });
+            }
+            while let Some(d) = set.join_next().await {
+                if let Ok(d) = d {
+                    let _ = tx.send(d);
+                }
+            }
+            sp_start.elapsed().as_secs_f64() * 1e3
+        });
+    }
+    drop(tx);
+    let timed = !matches!(mode, Mode::Open(_) | Mode::Direct { .. });
+    while let Some(d) = rx.recv().await {
+        run.lookups += 1;
+        if let Some(e) = d.error {
+            run.failed += 1;
+            if run.errors.len() < 5 {
+                run.errors.push(e);
+            }
+            continue;
+        }
+        run.lookup_ms.push(d.total_ms);
+        run.queued_ms.push(d.queued_ms);
+        if timed {
+            run.header_ms.push(d.header_ms);
+            run.index_ms.push(d.index_ms);
+        }
+    }
+    while let Some(r) = sp_tasks.join_next().await {
+        if let Ok(ms) = r {
+            run.sp_ms.push(ms);
+        }
+    }
+    run.signage_points = sizes.len();
+    run
+}
+
+/// Samples the emulator's download counter every 100 ms; the highest count over any 1 s window.
+struct RateSampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<f64>,
+}
+
+impl RateSampler {
+    fn start(emu: &Arc<Emulator>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let emu = emu.clone();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut window = std::collections::VecDeque::new();
+            let mut peak = 0.0f64;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while !s.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let now = (Instant::now(), emu.downloads());
+                window.push_back(now);
+                while window.len() > 11 {
+                    window.pop_front();
+                }
+                if let Some(first) = window.front() {
+                    let dt = now.0.duration_since(first.0).as_secs_f64();
+                    if dt >= 0.95 {
+                        peak = peak.max(now.1.saturating_sub(first.1) as f64 / dt);
+                    }
+                }
+            }
+            peak
+        });
+        Self { stop, task }
+    }
+
+    async fn finish(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or(0.0)
+    }
+}
+
+/// One phase's row.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct V2Phase {
+    pub name: String,
+    pub wall_s: f64,
+    /// Signage points in the phase (with or without passing groups).
+    pub signage_points: usize,
+    pub lookups: usize,
+    pub failed: usize,
+    /// Lookup time (open to last read; queueing excluded, as the harvester's own timer).
+    pub lookup: Option<Dist>,
+    pub header_read: Option<Dist>,
+    pub index_read: Option<Dist>,
+    /// Signage point start until the lookup got a harvester thread.
+    pub queue_wait: Option<Dist>,
+    /// Signage point start until its last lookup finished (signage points with lookups only).
+    pub sp_response: Option<Dist>,
+    pub over_8s: usize,
+    pub upstream_requests: u64,
+    pub upstream_bytes: u64,
+    pub requests_per_lookup: f64,
+    pub bytes_per_lookup: f64,
+    /// Downloads touching the tail (index / offset table).
+    pub index_gets: u64,
+    pub index_bytes: u64,
+    /// Downloads touching the header.
+    pub header_gets: u64,
+    pub list_calls: u64,
+    pub peak_upstream: u64,
+    pub peak_requests_per_s: f64,
+    pub proxy_rss: Option<u64>,
+    pub shim_rss: Vec<u64>,
+    /// Proxy metrics at the phase's end (counters since the proxy's start).
+    pub memory_tier_bytes: Option<f64>,
+    pub disk_tier_used_bytes: Option<f64>,
+    pub dropped_disk_writes: Option<f64>,
+    pub disk_rewritten_blocks: Option<f64>,
+    pub errors: Vec<String>,
+}
+
+/// A start: the proxy's (catalog load), a harvester's (every plot opened), a restart.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct V2Start {
+    pub name: String,
+    pub ms: f64,
+    pub upstream_downloads: u64,
+    pub list_calls: u64,
+    pub note: String,
+}
+
+/// The catalog phase: load, `ls`, `ls -l`, memory.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct V2Catalog {
+    pub files: usize,
+    pub load_ms: f64,
+    pub list_calls: u64,
+    pub ls_ms: f64,
+    pub ls_l_ms: f64,
+    pub entries: usize,
+    /// Right after the catalog load.
+    pub proxy_rss: Option<u64>,
+    /// After `ls` and `ls -l` (the shim's tree paged from `GET /files`, every entry stat'ed).
+    pub proxy_rss_after_ls: Option<u64>,
+    pub shim_rss: Option<u64>,
+    pub emulator_list_latency_ms: f64,
+}
+
+/// A farm-v2 pass.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct FarmV2Report {
+    pub shape: String,
+    pub catalog_only: bool,
+    pub plots: usize,
+    pub group_size: usize,
+    pub groups: usize,
+    pub filter: u32,
+    pub harvesters: usize,
+    pub harvester_threads: usize,
+    pub sp_interval_s: f64,
+    pub loop_s: f64,
+    pub plot_size: u64,
+    /// Bytes every lookup re-reads per plot: the header's and the tail's blocks.
+    pub hot_set_bytes: u64,
+    pub cache_memory: u64,
+    pub cache_disk: u64,
+    pub block_size: u64,
+    pub catalog: V2Catalog,
+    pub starts: Vec<V2Start>,
+    pub phases: Vec<V2Phase>,
+    pub baseline: Option<V2Phase>,
+    pub notes: Vec<String>,
+}
+
+impl FarmV2Report {
+    pub fn phase(&self, name: &str) -> Option<&V2Phase> {
+        self.phases.iter().find(|p| p.name == name)
+    }
+}
+
+/// Blocks of `block` bytes that `[off, off+len)` touches.
+fn blocks(off: u64, len: u64, block: u64) -> u64 {
+    (off + len).div_ceil(block) - off / block
+}
+
+/// The per-plot hot set: the header's and the tail's blocks.
+pub fn hot_set_per_plot(shape: V2Shape, block: u64) -> u64 {
+    let tail = shape.tail_len();
+    (blocks(0, HEADER_WATCH, block) + blocks(PLOT_SIZE - tail, tail, block)) * block
+}
+
+fn metric_sum(m: &[(String, f64)], name: &str, label: Option<&str>) -> Option<f64> {
+    let v: Vec<f64> = m
+        .iter()
+        .filter(|(k, _)| {
+            (k == name || k.starts_with(&format!("{name}{{")))
+                && label.is_none_or(|l| k.contains(l))
+        })
+        .map(|(_, v)| *v)
+        .collect();
+    (!v.is_empty()).then(|| v.iter().sum())
+}
+
+/// Disk tier bytes in use: foyer's blocks that are not clean, times its block size.
+fn disk_used(m: &[(String, f64)]) -> Option<f64> {
+    let size = metric_sum(m, "foyer_storage_block_engine_block_size_bytes", None)?;
+    let used: f64 = ["writing", "evictable", "reclaiming"]
+        .iter()
+        .filter_map(|t| {
+            metric_sum(
+                m,
+                "foyer_storage_block_engine_block",
+                Some(&format!("type=\"{t}\"")),
+            )
+        })
+        .sum();
+    Some(used * size)
+}
+
+/// Disk writes foyer dropped: its submit queue over the threshold, or a flusher's buffer full.
+fn dropped_writes(m: &[(String, f64)]) -> Option<f64> {
+    let a = metric_sum(
+        m,
+        "foyer_storage_inner_op_total",
+        Some("op=\"channel_overflow\""),
+    );
+    let b = metric_sum(
+        m,
+        "foyer_storage_inner_op_total",
+        Some("op=\"buffer_overflow\""),
+    );
+    match (a, b) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+    }
+}
+
+/// Measures a phase: counters reset at its start, rate sampled, stats and proxy state read at its end.
+async fn measured(
+    name: &str,
+    emu: &Arc<Emulator>,
+    stack: Option<&Stack>,
+    shims: &[Option<u32>],
+    fut: impl std::future::Future<Output = PhaseRun>,
+) -> V2Phase {
+    emu.reset_stats();
+    let sampler = RateSampler::start(emu);
+    let t = Instant::now();
+    let run = fut.await;
+    let wall = t.elapsed();
+    let mut peak_rate = sampler.finish().await;
+    let stats = emu.stats();
+    let requests = Stack::downloads(&stats);
+    if peak_rate == 0.0 && wall.as_secs_f64() > 0.0 {
+        // Shorter than the sampler's 1 s window: the phase's mean.
+        peak_rate = requests as f64 / wall.as_secs_f64();
+    }
+    let ok = run.lookup_ms.len().max(1) as f64;
+    let mut p = V2Phase {
+        name: name.into(),
+        wall_s: wall.as_secs_f64(),
+        signage_points: run.signage_points,
+        lookups: run.lookups,
+        failed: run.failed,
+        lookup: Dist::from_ms(&run.lookup_ms),
+        header_read: Dist::from_ms(&run.header_ms),
+        index_read: Dist::from_ms(&run.index_ms),
+        queue_wait: Dist::from_ms(&run.queued_ms),
+        sp_response: Dist::from_ms(&run.sp_ms),
+        over_8s: run
+            .lookup_ms
+            .iter()
+            .filter(|m| **m > SLOW_LOOKUP_MS)
+            .count(),
+        upstream_requests: requests,
+        upstream_bytes: stats.bytes_sent,
+        requests_per_lookup: requests as f64 / ok,
+        bytes_per_lookup: stats.bytes_sent as f64 / ok,
+        index_gets: stats.watched.tail_downloads,
+        index_bytes: stats.watched.tail_bytes,
+        header_gets: stats.watched.head_downloads,
+        list_calls: stats.requests.list_file_names,
+        peak_upstream: stats.peak_downloads_in_flight,
+        peak_requests_per_s: peak_rate,
+        shim_rss: shims.iter().flatten().filter_map(|p| rss_of(*p)).collect(),
+        errors: run.errors,
+        ..V2Phase::default()
+    };
+    if let Some(stack) = stack {
+        p.proxy_rss = stack.proxy_rss().map(|r| r.bytes);
+        let m = stack.metrics().await;
+        p.memory_tier_bytes = metric_sum(&m, "b2proxy_cache_memory_bytes", None)
+            .or_else(|| metric_sum(&m, "foyer_memory_usage", None));
+        p.disk_tier_used_bytes = disk_used(&m);
+        p.dropped_disk_writes = dropped_writes(&m);
+        p.disk_rewritten_blocks = metric_sum(&m, "b2proxy_cache_disk_rewritten_blocks_total", None);
+    }
+    p
+}
+
+/// Mounts harvester `h`'s shim on `<stack dir>/mnt-h`.
+async fn mount_harvester(ctx: &Ctx, stack: &Stack, h: usize) -> anyhow::Result<Mount> {
+    let mnt = stack.dir.path().join(format!("mnt-{h}"));
+    std::fs::create_dir_all(&mnt)?;
+    let shim = Shim::new(&mnt, stack.base.clone())
+        .binary(ctx.bins.shim.clone())
+        .log_file(stack.dir.path().join(format!("shim-{h}.log")))
+        .mount_timeout(Duration::from_secs(300));
+    tokio::task::spawn_blocking(move || shim.mount())
+        .await?
+        .context("mounting b2fs-shim")
+}
+
+async fn mount_all(ctx: &Ctx, stack: &Stack, n: usize) -> anyhow::Result<Vec<Mount>> {
+    let mut v = Vec::with_capacity(n);
+    for h in 0..n {
+        match mount_harvester(ctx, stack, h).await {
+            Ok(m) => v.push(m),
+            Err(e) => {
+                for m in v {
+                    unmount(m).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(v)
+}
+
+/// `ls ARGS DIR`: time and lines listed.
+async fn timed_ls(dir: PathBuf, args: &'static [&'static str]) -> anyhow::Result<(f64, usize)> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, usize)> {
+        let t = Instant::now();
+        let out = std::process::Command::new("ls")
+            .args(args)
+            .arg(&dir)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("cannot run ls")?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        anyhow::ensure!(out.status.success(), "ls {args:?} failed");
+        Ok((
+            ms,
+            out.stdout
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count(),
+        ))
+    })
+    .await?
+}
+
+/// The bench's settings for a farm-v2 pass.
+#[derive(Debug, Clone)]
+pub struct V2Plan {
+    pub farm: FarmShape,
+    pub catalog_only: bool,
+    pub interval: Duration,
+    pub duration: Duration,
+    pub after_restart: Duration,
+    pub memory: ByteSize,
+    pub disk: Option<ByteSize>,
+}
+
+/// Runs a farm-v2 pass.
+pub async fn run(ctx: &Ctx, plan: &V2Plan) -> anyhow::Result<FarmV2Report> {
+    let farm = &plan.farm;
+    let settings0 = ctx.proxy_settings();
+    let block = settings0
+        .block_size
+        .map(|b| b.as_u64())
+        .unwrap_or_else(|| b2_proxy::config::CacheConfig::default().block_size.as_u64());
+    let per_plot = hot_set_per_plot(farm.shape, block);
+    let hot = per_plot * farm.plots as u64;
+    // Default disk tier: the hot set, plus a quarter, plus 1 GiB for body blocks, in whole GiB.
+    let disk = plan.disk.unwrap_or_else(|| {
+        if plan.catalog_only {
+            ByteSize::mib(64)
+        } else {
+            ByteSize::gib((hot + hot / 4 + (1 << 30)).div_ceil(1 << 30))
+        }
+    });
+    let settings = ProxySettings {
+        memory: plan.memory,
+        disk,
+        ..settings0
+    };
+    let mut rep = FarmV2Report {
+        shape: farm.shape.name().into(),
+        catalog_only: plan.catalog_only,
+        plots: farm.plots,
+        group_size: farm.group_size,
+        groups: farm.groups(),
+        filter: farm.filter,
+        harvesters: farm.harvesters,
+        harvester_threads: farm.threads,
+        sp_interval_s: plan.interval.as_secs_f64(),
+        loop_s: plan.duration.as_secs_f64(),
+        plot_size: PLOT_SIZE,
+        hot_set_bytes: hot,
+        cache_memory: settings.memory.as_u64(),
+        cache_disk: settings.disk.as_u64(),
+        block_size: block,
+        ..FarmV2Report::default()
+    };
+    progress(format!(
+        "farm-v2 ({}): {} plots, catalog load",
+        farm.shape.name(),
+        farm.plots
+    ));
+    let mut stack = ctx
+        .stack(
+            ctx.emulator(&ctx.model)
+                .virtual_files(PREFIX, farm.plots, PLOT_SIZE),
+            &settings,
+        )
+        .await?;
+    stack.emu.watch(HEADER_WATCH, farm.shape.tail_len());
+    let list_calls = stack.emu.stats().requests.list_file_names;
+    rep.catalog = V2Catalog {
+        files: farm.plots,
+        load_ms: stack.proxy_ready.as_secs_f64() * 1e3,
+        list_calls,
+        proxy_rss: stack.proxy_rss().map(|r| r.bytes),
+        emulator_list_latency_ms: ctx.model.median_ms,
+        ..V2Catalog::default()
+    };
+    rep.starts.push(V2Start {
+        name: "proxy start (catalog load)".into(),
+        ms: rep.catalog.load_ms,
+        upstream_downloads: Stack::downloads(&stack.emu.stats()),
+        list_calls,
+        note: String::new(),
+    });
+    if stack.proxy_pid().is_none() {
+        rep.notes
+            .push("proxy in-process: its RSS is the bench's (emulator included)".into());
+    }
+    let harvesters = if plan.catalog_only {
+        1
+    } else {
+        farm.harvesters
+    };
+    let t = Instant::now();
+    let mut mounts = match mount_all(ctx, &stack, harvesters).await {
+        Ok(m) => m,
+        Err(e) => {
+            stack.shutdown().await;
+            return Err(e);
+        }
+    };
+    rep.notes.push(format!(
+        "{harvesters} b2fs-shim mount(s) up in {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    ));
+    let result = phases(ctx, plan, &mut stack, &mut mounts, &mut rep).await;
+    for m in mounts {
+        unmount(m).await;
+    }
+    stack.shutdown().await;
+    result?;
+    Ok(rep)
+}
+
+fn roots(mounts: &[Mount]) -> Vec<PathBuf> {
+    mounts.iter().map(|m| m.path().to_path_buf()).collect()
+}
+
+fn pids(mounts: &[Mount]) -> Vec<Option<u32>> {
+    mounts.iter().map(Mount::pid).collect()
+}
+
+async fn phases(
+    ctx: &Ctx,
+    plan: &V2Plan,
+    stack: &mut Stack,
+    mounts: &mut Vec<Mount>,
+    rep: &mut FarmV2Report,
+) -> anyhow::Result<()> {
+    let farm = &plan.farm;
+    let dir = mounts[0].join("farm-v2");
+    progress("farm-v2: ls, ls -l");
+    let (ls_ms, entries) = timed_ls(dir.clone(), &["-1"]).await?;
+    let (ls_l_ms, _) = timed_ls(dir, &["-l"]).await?;
+    rep.catalog.ls_ms = ls_ms;
+    rep.catalog.ls_l_ms = ls_l_ms;
+    rep.catalog.entries = entries;
+    rep.catalog.shim_rss = mounts[0].pid().and_then(rss_of);
+    anyhow::ensure!(
+        entries == farm.plots,
+        "ls listed {entries} plots, the bucket has {}",
+        farm.plots
+    );
+    rep.catalog.proxy_rss_after_ls = stack.proxy_rss().map(|r| r.bytes);
+    if plan.catalog_only {
+        return Ok(());
+    }
+    let emu = stack.emu_arc();
+    let infos: Arc<Vec<FileInfo>> = Arc::new(
+        (0..farm.plots)
+            .map(|i| {
+                emu.file(&plot_name(i))
+                    .with_context(|| format!("no {}", plot_name(i)))
+            })
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let mut next_id = 1u64 << 32;
+    let mut ids = |n: usize| {
+        let id = next_id;
+        next_id += n as u64 + 1;
+        id
+    };
+
+    // Harvester start: every plot opened.
+    progress(format!(
+        "farm-v2: harvester start, {} plots opened",
+        farm.plots
+    ));
+    let sps = farm.everything(ids(1));
+    let mode = Mode::Open(roots(mounts));
+    let p = measured(
+        "harvester start",
+        &emu,
+        Some(&*stack),
+        &pids(mounts),
+        run_phase(farm, &infos, &sps, &mode),
+    )
+    .await;
+    rep.starts
+        .push(start_row("harvester start (every plot opened)", &p));
+    rep.phases.push(p);
+
+    // Warm-up: every plot's header and index read once, all queued at once.
+    progress(format!(
+        "farm-v2: warm-up, {} header + index reads",
+        farm.plots
+    ));
+    let sps = farm.everything(ids(1));
+    let mode = Mode::Warm(roots(mounts));
+    let p = measured(
+        "warm-up",
+        &emu,
+        Some(&*stack),
+        &pids(mounts),
+        run_phase(farm, &infos, &sps, &mode),
+    )
+    .await;
+    rep.phases.push(p);
+
+    // The signage-point loop.
+    let mode = Mode::Mount(roots(mounts));
+    let sps = farm.schedule(plan.interval, plan.duration, ids(1 << 20));
+    progress(format!(
+        "farm-v2: signage-point loop, {} signage points every {:?}, {} lookups",
+        sps.len(),
+        plan.interval,
+        sps.iter().map(|s| s.plots.len()).sum::<usize>()
+    ));
+    let p = measured(
+        "signage-point loop",
+        &emu,
+        Some(&*stack),
+        &pids(mounts),
+        run_phase(farm, &infos, &sps, &mode),
+    )
+    .await;
+    rep.phases.push(p);
+
+    // The baseline: the same lookups straight to the emulator.
+    progress("farm-v2: baseline, the loop's lookups straight to the emulator");
+    let client = super::stack::http_client()?;
+    let (token, url) = super::pos1::direct_base(&emu, &client).await?;
+    let direct = Mode::Direct { client, url, token };
+    let mut b = measured(
+        "baseline (no proxy, no mount)",
+        &emu,
+        None,
+        &[],
+        run_phase(farm, &infos, &sps, &direct),
+    )
+    .await;
+    b.index_read = None;
+    b.header_read = None;
+    rep.baseline = Some(b);
+
+    // Harvester restart: new mounts, every plot opened again.
+    progress("farm-v2: harvester restart");
+    let t = Instant::now();
+    for m in mounts.drain(..) {
+        unmount(m).await;
+    }
+    *mounts = mount_all(ctx, stack, farm.harvesters).await?;
+    let remount_ms = t.elapsed().as_secs_f64() * 1e3;
+    let sps = farm.everything(ids(1));
+    let mode = Mode::Open(roots(mounts));
+    let p = measured(
+        "harvester restart",
+        &emu,
+        Some(&*stack),
+        &pids(mounts),
+        run_phase(farm, &infos, &sps, &mode),
+    )
+    .await;
+    let mut s = start_row("harvester restart (remount, every plot opened)", &p);
+    s.note = format!("unmount + mount {remount_ms:.0} ms before the opens");
+    rep.starts.push(s);
+    rep.phases.push(p);
+
+    // Proxy restart on the same disk tier, then a signage-point loop.
+    if stack.proxy_pid().is_none() {
+        rep.notes
+            .push("proxy restart skipped: it needs --proxy process".into());
+        return Ok(());
+    }
+    progress("farm-v2: proxy restart");
+    emu.reset_stats();
+    let r = stack.restart_proxy(&ctx.bins).await?;
+    let stats = emu.stats();
+    rep.starts.push(V2Start {
+        name: "proxy restart (SIGTERM, start on the same disk tier)".into(),
+        ms: r.start.as_secs_f64() * 1e3,
+        upstream_downloads: Stack::downloads(&stats),
+        list_calls: stats.requests.list_file_names,
+        note: format!(
+            "stop took {:.0} ms ({})",
+            r.stop.as_secs_f64() * 1e3,
+            if r.clean {
+                "clean exit"
+            } else {
+                "KILLED after 120 s"
+            }
+        ),
+    });
+    let sps = farm.schedule(plan.interval, plan.after_restart, ids(1 << 20));
+    let mode = Mode::Mount(roots(mounts));
+    progress(format!(
+        "farm-v2: signage-point loop after the proxy restart, {} lookups",
+        sps.iter().map(|s| s.plots.len()).sum::<usize>()
+    ));
+    let p = measured(
+        "after proxy restart",
+        &emu,
+        Some(&*stack),
+        &pids(mounts),
+        run_phase(farm, &infos, &sps, &mode),
+    )
+    .await;
+    rep.phases.push(p);
+    Ok(())
+}
+
+fn start_row(name: &str, p: &V2Phase) -> V2Start {
+    V2Start {
+        name: name.into(),
+        ms: p.wall_s * 1e3,
+        upstream_downloads: p.upstream_requests,
+        list_calls: p.list_calls,
+        note: String::new(),
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.0} MiB", b as f64 / (1 << 20) as f64)
+}
+
+fn gib(b: f64) -> String {
+    format!("{:.2} GiB", b / (1u64 << 30) as f64)
+}
+
+fn d3(d: &Option<Dist>) -> String {
+    match d {
+        Some(d) => format!(
+            "{} / {} / {}",
+            fmt_ms(d.p50_ms).trim_end_matches(" ms"),
+            fmt_ms(d.p99_ms).trim_end_matches(" ms"),
+            fmt_ms(d.max_ms)
+        ),
+        None => "-".into(),
+    }
+}
+
+fn d2(d: &Option<Dist>) -> String {
+    match d {
+        Some(d) => format!(
+            "{} / {}",
+            fmt_ms(d.p50_ms).trim_end_matches(" ms"),
+            fmt_ms(d.p99_ms)
+        ),
+        None => "-".into(),
+    }
+}
+
+/// The pass as Markdown tables.
+pub fn markdown(r: &FarmV2Report, o: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        o,
+        "\n### Farm v2: {} shape, {} plots{}\n",
+        r.shape,
+        r.plots,
+        if r.catalog_only {
+            " (catalog only)"
+        } else {
+            ""
+        }
+    );
+    if !r.catalog_only {
+        let _ = writeln!(
+            o,
+            "{} groups of {}, filter 1/{}, {} harvester(s) x {} threads, signage point every {:.3} s for {:.0} s; \
+             plot {:.2} GiB, hot set {} ({} a plot); proxy cache.memory {}, cache.disk {}, block {} KiB\n",
+            r.groups,
+            r.group_size,
+            r.filter,
+            r.harvesters,
+            r.harvester_threads,
+            r.sp_interval_s,
+            r.loop_s,
+            r.plot_size as f64 / (1u64 << 30) as f64,
+            gib(r.hot_set_bytes as f64),
+            if r.plots > 0 {
+                format!(
+                    "{:.0} KiB",
+                    r.hot_set_bytes as f64 / r.plots as f64 / 1024.0
+                )
+            } else {
+                "-".into()
+            },
+            mib(r.cache_memory),
+            mib(r.cache_disk),
+            r.block_size / 1024
+        );
+    }
+    let c = &r.catalog;
+    let _ = writeln!(
+        o,
+        "| scenario | files | catalog load | list calls | `ls` | `ls -l` | proxy RSS (catalog / after `ls -l`) | shim RSS |"
+    );
+    let _ = writeln!(
+        o,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let _ = writeln!(
+        o,
+        "| farm-v2 | {} | {} | {} ({} ms each) | {} | {} | {} / {} | {} |",
+        c.files,
+        fmt_ms(c.load_ms),
+        c.list_calls,
+        c.emulator_list_latency_ms,
+        fmt_ms(c.ls_ms),
+        fmt_ms(c.ls_l_ms),
+        c.proxy_rss.map(mib).unwrap_or("-".into()),
+        c.proxy_rss_after_ls.map(mib).unwrap_or("-".into()),
+        c.shim_rss.map(mib).unwrap_or("-".into()),
+    );
+    if !r.starts.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n| start | time | upstream downloads | list calls | note |"
+        );
+        let _ = writeln!(o, "| --- | ---: | ---: | ---: | --- |");
+        for s in &r.starts {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} |",
+                s.name,
+                fmt_ms(s.ms),
+                s.upstream_downloads,
+                s.list_calls,
+                s.note
+            );
+        }
+    }
+    if !r.phases.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n| scenario | phase | time | SPs | lookups | failed | lookup p50 / p99 / max | SP response p50 / p99 / max | > 8 s | header read p50 / p99 | index read p50 / p99 | upstream req / lookup | upstream KiB / lookup | index GETs | peak upstream | peak req/s | proxy RSS | shim RSS | memory tier | disk tier | dropped disk writes |"
+        );
+        let _ = writeln!(
+            o,
+            "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for p in r.phases.iter().chain(r.baseline.iter()) {
+            let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or("-".into());
+            let _ = writeln!(
+                o,
+                "| farm-v2 | {} | {:.1} s | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                p.name,
+                p.wall_s,
+                p.signage_points,
+                p.lookups,
+                p.failed,
+                d3(&p.lookup),
+                d3(&p.sp_response),
+                p.over_8s,
+                d2(&p.header_read),
+                d2(&p.index_read),
+                p.requests_per_lookup,
+                p.bytes_per_lookup / 1024.0,
+                p.index_gets,
+                p.peak_upstream,
+                p.peak_requests_per_s,
+                p.proxy_rss.map(mib).unwrap_or("-".into()),
+                if p.shim_rss.is_empty() {
+                    "-".into()
+                } else {
+                    p.shim_rss
+                        .iter()
+                        .map(|b| mib(*b))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                opt(p.memory_tier_bytes, &|b| mib(b as u64)),
+                opt(p.disk_tier_used_bytes, &gib),
+                opt(p.dropped_disk_writes, &|v| format!("{v:.0}")),
+            );
+        }
+        for p in &r.phases {
+            for e in &p.errors {
+                let _ = writeln!(o, "- {}: failed lookup: {e}", p.name);
+            }
+        }
+        let _ = writeln!(
+            o,
+            "\n- lookup time is the harvester's (open to last read, queueing excluded); SP response runs from the \
+             signage point to its last lookup (queueing included), over signage points with lookups; index GETs are \
+             downloads that touched the last {} of a plot; memory/disk tier and dropped writes are the proxy's \
+             gauges and counters since its (re)start; the baseline makes the loop's lookups as 4 body reads straight \
+             to the emulator (header and index as held by a perfect cache)",
+            if r.shape == "pos2" {
+                format!("{POS2_INDEX} B (the chunk index)")
+            } else {
+                format!("{CHUNK_TABLE} B (the offset table)")
+            }
+        );
+    }
+    for n in &r.notes {
+        let _ = writeln!(o, "- {n}");
+    }
+}
+
+fn met(name: String, goal: &str, measured: String, met: Option<bool>) -> Target {
+    Target {
+        name,
+        goal: goal.into(),
+        measured,
+        met,
+    }
+}
+
+/// Issue 16's targets for a pass.
+pub fn targets(r: &FarmV2Report) -> Vec<Target> {
+    let mut t = Vec::new();
+    let label = format!("farm-v2 {} {} plots", r.shape, r.plots);
+    if r.catalog_only || r.plots >= 1_000_000 {
+        let c = &r.catalog;
+        t.push(met(
+            format!("{label}: catalog load"),
+            "<= 60 s at 50 ms per list call",
+            format!(
+                "{:.1} s, {} list calls at {} ms",
+                c.load_ms / 1e3,
+                c.list_calls,
+                c.emulator_list_latency_ms
+            ),
+            (r.plots >= 1_000_000).then_some(c.load_ms <= 60_000.0),
+        ));
+        t.push(met(
+            format!("{label}: `ls -l` of the mount"),
+            "<= 10 s",
+            format!("{:.1} s", c.ls_l_ms / 1e3),
+            (r.plots >= 1_000_000).then_some(c.ls_l_ms <= 10_000.0),
+        ));
+        t.push(met(
+            format!("{label}: proxy RSS for the catalog"),
+            "<= 300 MiB",
+            format!(
+                "{} after the load, {} after `ls -l`",
+                c.proxy_rss.map(mib).unwrap_or("-".into()),
+                c.proxy_rss_after_ls.map(mib).unwrap_or("-".into())
+            ),
+            c.proxy_rss
+                .max(c.proxy_rss_after_ls)
+                .filter(|_| r.plots >= 1_000_000)
+                .map(|b| b <= 300 << 20),
+        ));
+        t.push(met(
+            format!("{label}: shim RSS for the catalog"),
+            "<= 400 MiB",
+            c.shim_rss.map(mib).unwrap_or("-".into()),
+            c.shim_rss
+                .filter(|_| r.plots >= 1_000_000)
+                .map(|b| b <= 400 << 20),
+        ));
+        return t;
+    }
+    let sp_loop = r.phase("signage-point loop");
+    let restart = r.phase("harvester restart");
+    let after = r.phase("after proxy restart");
+    let warm = r.phase("warm-up");
+    let after_warmup: Vec<&V2Phase> = r
+        .phases
+        .iter()
+        .filter(|p| {
+            matches!(
+                p.name.as_str(),
+                "signage-point loop" | "harvester restart" | "after proxy restart"
+            )
+        })
+        .collect();
+    let refetches: u64 = after_warmup.iter().map(|p| p.index_gets).sum();
+    t.push(met(
+        format!("{label}: harvester restart upstream requests"),
+        "0",
+        restart
+            .map(|p| p.upstream_requests.to_string())
+            .unwrap_or("-".into()),
+        restart.map(|p| p.upstream_requests == 0),
+    ));
+    if r.shape == "pos2" {
+        let base = r.baseline.as_ref().and_then(|b| b.lookup);
+        let lookup = sp_loop.and_then(|p| p.lookup);
+        if let (Some(l), Some(b)) = (lookup, base) {
+            t.push(met(
+                format!("{label}: lookup p50 after warm-up vs baseline"),
+                "<= 1.1 x",
+                format!(
+                    "{:.0} ms vs {:.0} ms = {:.2} x",
+                    l.p50_ms,
+                    b.p50_ms,
+                    l.p50_ms / b.p50_ms
+                ),
+                Some(l.p50_ms <= 1.1 * b.p50_ms),
+            ));
+            t.push(met(
+                format!("{label}: lookup p99 after warm-up vs baseline"),
+                "<= 1.2 x",
+                format!(
+                    "{:.0} ms vs {:.0} ms = {:.2} x",
+                    l.p99_ms,
+                    b.p99_ms,
+                    l.p99_ms / b.p99_ms
+                ),
+                Some(l.p99_ms <= 1.2 * b.p99_ms),
+            ));
+        }
+        t.push(met(
+            format!("{label}: index refetches after warm-up"),
+            "0",
+            format!(
+                "{refetches} ({})",
+                after_warmup
+                    .iter()
+                    .map(|p| format!("{} {}", p.name, p.index_gets))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (!after_warmup.is_empty()).then_some(refetches == 0),
+        ));
+        let last_before_restart = restart.or(sp_loop);
+        let drops: Option<f64> = match (
+            last_before_restart.and_then(|p| p.dropped_disk_writes),
+            after.and_then(|p| p.dropped_disk_writes),
+        ) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        };
+        t.push(met(
+            format!("{label}: dropped disk writes"),
+            "0",
+            drops
+                .map(|d| format!("{d:.0} (foyer channel/buffer overflows)"))
+                .unwrap_or("-".into()),
+            drops.map(|d| d == 0.0),
+        ));
+        let limit = 2.0 * V2Shape::Pos2.body_bytes() as f64;
+        t.push(met(
+            format!("{label}: upstream bytes per lookup after warm-up"),
+            "<= 2 x the 4 chunk reads (64 KiB)",
+            sp_loop
+                .map(|p| format!("{:.1} KiB", p.bytes_per_lookup / 1024.0))
+                .unwrap_or("-".into()),
+            sp_loop.map(|p| p.bytes_per_lookup <= limit),
+        ));
+        t.push(met(
+            format!("{label}: cold index read in one upstream round trip"),
+            "1 GET per cold index read",
+            warm.map(|p| {
+                format!(
+                    "{:.2} index GETs per plot; cold index read p50 {:.0} ms",
+                    p.index_gets as f64 / r.plots.max(1) as f64,
+                    p.index_read.map(|d| d.p50_ms).unwrap_or(f64::NAN)
+                )
+            })
+            .unwrap_or("-".into()),
+            warm.map(|p| p.index_gets as f64 / r.plots.max(1) as f64 <= 1.0),
+        ));
+        let ix = sp_loop.and_then(|p| p.index_read);
+        t.push(met(
+            format!("{label}: cached index read during bursts"),
+            "p50 <= 3 ms, p99 <= 15 ms",
+            ix.map(|d| format!("p50 {:.1} ms, p99 {:.1} ms", d.p50_ms, d.p99_ms))
+                .unwrap_or("-".into()),
+            ix.map(|d| d.p50_ms <= 3.0 && d.p99_ms <= 15.0),
+        ));
+    } else {
+        let lookup = sp_loop.and_then(|p| p.lookup);
+        t.push(met(
+            format!("{label}: lookup p99 (signage-point loop)"),
+            "<= 1 s",
+            lookup
+                .map(|d| format!("{:.0} ms", d.p99_ms))
+                .unwrap_or("-".into()),
+            lookup.map(|d| d.p99_ms <= 1000.0),
+        ));
+        let sp = sp_loop.and_then(|p| p.sp_response);
+        t.push(met(
+            format!("{label}: every signage point answered"),
+            "<= 3 s",
+            sp.map(|d| format!("max {:.0} ms", d.max_ms))
+                .unwrap_or("-".into()),
+            sp.map(|d| d.max_ms <= 3000.0),
+        ));
+        let failed: usize = r.phases.iter().map(|p| p.failed).sum();
+        t.push(met(
+            format!("{label}: failed lookups"),
+            "0",
+            failed.to_string(),
+            Some(failed == 0),
+        ));
+        let a = after.and_then(|p| p.lookup);
+        t.push(met(
+            format!("{label}: lookup p99 in the first minute after a proxy restart"),
+            "<= 1 s",
+            a.map(|d| format!("{:.0} ms", d.p99_ms))
+                .unwrap_or("-".into()),
+            a.map(|d| d.p99_ms <= 1000.0),
+        ));
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_are_deterministic_and_in_bounds() {
+        for shape in [V2Shape::Pos2, V2Shape::Chunks] {
+            let a = shape.lookup(1, 7, 3);
+            let b = shape.lookup(1, 7, 3);
+            assert_eq!(a.body, b.body);
+            assert_ne!(a.body, shape.lookup(1, 7, 4).body);
+            assert_eq!(a.index.off + a.index.len, PLOT_SIZE);
+            for r in a.body {
+                assert!(r.off >= 1 << 20 && r.off + r.len + INDEX_MARGIN <= a.index.off);
+            }
+        }
+        assert_eq!(V2Shape::Pos2.tail_len(), POS2_INDEX);
+    }
+
+    #[test]
+    fn groups_pass_together() {
+        let f = FarmShape {
+            shape: V2Shape::Pos2,
+            plots: 1000,
+            group_size: 128,
+            filter: 4,
+            harvesters: 3,
+            threads: 30,
+            seed: 1,
+        };
+        assert_eq!(f.groups(), 8);
+        let sps = f.schedule(Duration::from_secs(1), Duration::from_secs(200), 0);
+        assert_eq!(sps.len(), 200);
+        let passed: usize = sps.iter().map(|s| s.plots.len()).sum();
+        // 1000 plots / 4 per SP on average.
+        assert!((40_000..60_000).contains(&passed), "{passed}");
+        for s in &sps {
+            assert!(s.plots.len() % 128 == 0 || s.plots.contains(&999));
+        }
+        assert_eq!(f.harvester_of(0), 0);
+        assert_eq!(f.harvester_of(128), 1);
+        assert_eq!(f.harvester_of(3 * 128), 0);
+    }
+
+    #[test]
+    fn hot_set_counts_blocks() {
+        let b = 64 << 10;
+        // Header: 1 block; the 3.65 MB index: 56 or 57 blocks.
+        let h = hot_set_per_plot(V2Shape::Pos2, b) / b;
+        assert!((57..=58).contains(&h), "{h}");
+        assert!(hot_set_per_plot(V2Shape::Chunks, b) / b <= 3);
+    }
+
+    #[test]
+    fn metric_parsing() {
+        let m = vec![
+            (
+                "foyer_storage_block_engine_block_size_bytes{name=\"c\"}".to_string(),
+                100.0,
+            ),
+            (
+                "foyer_storage_block_engine_block{name=\"c\",type=\"clean\"}".to_string(),
+                5.0,
+            ),
+            (
+                "foyer_storage_block_engine_block{name=\"c\",type=\"evictable\"}".to_string(),
+                3.0,
+            ),
+            (
+                "foyer_storage_block_engine_block{name=\"c\",type=\"writing\"}".to_string(),
+                1.0,
+            ),
+            (
+                "foyer_storage_inner_op_total{name=\"c\",op=\"channel_overflow\"}".to_string(),
+                2.0,
+            ),
+        ];
+        assert_eq!(disk_used(&m), Some(400.0));
+        assert_eq!(dropped_writes(&m), Some(2.0));
+        assert_eq!(
+            metric_sum(&m, "foyer_storage_block_engine_block", None),
+            Some(9.0)
+        );
+    }
+}
