@@ -6,13 +6,14 @@
 //! Class C call).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::sync::Mutex;
 use crate::upstream::{ObjectInfo, ObjectSource, UpstreamError};
 
 /// Early refreshes (after a file changed upstream) happen at most this often.
@@ -28,7 +29,8 @@ pub struct CatalogStatus {
 
 pub struct Catalog {
     source: Arc<dyn ObjectSource>,
-    files: RwLock<Arc<BTreeMap<String, Arc<ObjectInfo>>>>,
+    /// Swapped whole on refresh; readers clone the Arc under the lock (nanoseconds) and iterate outside it.
+    files: Mutex<Arc<BTreeMap<String, Arc<ObjectInfo>>>>,
     status: Mutex<CatalogStatus>,
     wake: Notify,
     metrics: Arc<Metrics>,
@@ -38,7 +40,7 @@ impl Catalog {
     pub fn new(source: Arc<dyn ObjectSource>, metrics: Arc<Metrics>) -> Self {
         Self {
             source,
-            files: RwLock::new(Arc::new(BTreeMap::new())),
+            files: Mutex::new(Arc::new(BTreeMap::new())),
             status: Mutex::new(CatalogStatus::default()),
             wake: Notify::new(),
             metrics,
@@ -47,10 +49,7 @@ impl Catalog {
 
     /// The current file list (shared, not copied): what a listing iterates over without holding a lock.
     pub fn snapshot(&self) -> Arc<BTreeMap<String, Arc<ObjectInfo>>> {
-        match self.files.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.files.lock().clone()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<ObjectInfo>> {
@@ -67,13 +66,13 @@ impl Catalog {
     }
 
     pub fn status(&self) -> CatalogStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        self.status.lock().clone()
     }
 
     /// Loads the list from upstream now and swaps it in.
     pub async fn refresh(&self) -> Result<usize, UpstreamError> {
         let result = self.source.list().await;
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut status = self.status.lock();
         match result {
             Ok(list) => {
                 let n = list.len();
@@ -81,7 +80,7 @@ impl Catalog {
                     .into_iter()
                     .map(|o| (o.name.clone(), Arc::new(o)))
                     .collect();
-                *self.files.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+                *self.files.lock() = Arc::new(map);
                 let now = SystemTime::now();
                 status.loaded = true;
                 status.files = n;
