@@ -51,7 +51,7 @@ pub struct Metrics {
     pub upstream_rate_limit: Gauge,
     pub upstream_queued: IntGauge,
     pub upstream_queue_wait: HistogramVec,
-    pub upstream_paced: IntCounter,
+    pub upstream_delayed: IntCounter,
     pub upstream_promoted: IntCounter,
     pub upstream_throttled: IntCounter,
     pub upstream_connections: IntCounter,
@@ -231,7 +231,7 @@ impl Metrics {
                 "Time upstream requests waited for admission, by class (continuing lookups, new reads, background read-ahead)",
                 &["class"],
             )?,
-            upstream_paced: counter(
+            upstream_delayed: counter(
                 &r,
                 "upstream_delayed_total",
                 "Upstream requests that waited for admission (concurrency or pace) before they were sent",

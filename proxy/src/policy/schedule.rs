@@ -362,7 +362,7 @@ impl Scheduler {
                 self.metrics.upstream_promoted.inc();
             }
             let permit = self.grant(&mut st, now);
-            self.metrics.upstream_paced.inc();
+            self.metrics.upstream_delayed.inc();
             if let Err(mut p) = w.tx.send(permit) {
                 // The waiter is gone: undo under the lock we hold (its Drop would take it again).
                 p.armed = false;
