@@ -101,11 +101,28 @@ async fn tail_of_cold_reads_is_cut() {
     let billed = env
         .metric("b2proxy_b2_transactions_total{class=\"B\"}")
         .await;
+    // A loser cancelled before its request left the client (cut while a connection was being opened)
+    // never reaches B2, and one cut just after may reach the emulator a moment later: wait (bounded)
+    // for the emulator's count to settle, then check the one gap counting cannot close — a cancelled
+    // attempt is counted whether or not upstream saw it, so the proxy's count is an upper bound by at
+    // most the cancelled ones, and exact for everything that got an answer.
+    let mut seen = env.downloads();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = env.downloads();
+        if now == seen && now as f64 == counted {
+            break;
+        }
+        seen = now;
+    }
     println!(
-        "proxy counted {counted} downloads ({cancelled} cancelled), billed {billed}; emulator saw {gets}"
+        "proxy counted {counted} downloads ({cancelled} cancelled), billed {billed}; emulator saw {seen}"
     );
-    assert_eq!(counted, gets as f64, "upstream_requests vs the emulator");
-    assert_eq!(billed, gets as f64, "class B transactions vs the emulator");
+    assert!(
+        seen as f64 <= counted && counted - cancelled <= seen as f64,
+        "upstream_requests {counted} ({cancelled} cancelled) vs the emulator's {seen}"
+    );
+    assert_eq!(billed, counted, "class B transactions vs upstream_requests");
     assert_eq!(cancelled, hedges, "one cancelled loser per hedge");
     assert_eq!(env.metric("b2proxy_upstream_inflight").await, 0.0);
 }
