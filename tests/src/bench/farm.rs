@@ -49,6 +49,41 @@ pub struct LoopResult {
     pub quality_ms: Vec<f64>,
     pub sp_ms: Vec<f64>,
     pub reads: usize,
+    /// Each check's dependent upstream rounds (for its statistical floor).
+    pub check_reads: Vec<usize>,
+}
+
+/// The reads of a check that need a block the check has not fetched yet (`block`-aligned, as the proxy caches
+/// them): each is one upstream round, the others are answered from what the check already fetched.
+pub fn upstream_rounds(steps: &[Step], block: u64) -> usize {
+    let block = block.max(1);
+    let mut have = std::collections::HashSet::new();
+    let mut rounds = 0;
+    for r in steps.iter().flatten() {
+        let blocks = r.off / block..=(r.off + r.len.max(1) - 1) / block;
+        let mut new = false;
+        for b in blocks {
+            new |= have.insert(b);
+        }
+        rounds += usize::from(new);
+    }
+    rounds
+}
+
+/// The statistical floor of the loop's checks at p50: each check's upstream rounds drawn from `model` one after
+/// the other (nothing queued), the median over the checks.
+pub fn floor_p50(
+    check_reads: &[usize],
+    model: &super::floor::LatencyModel,
+    seed: u64,
+) -> Option<f64> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xf100);
+    let mut t: Vec<f64> = check_reads
+        .iter()
+        .map(|&n| (0..n).map(|_| model.draw(&mut rng)).sum())
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t.get(t.len() / 2).copied()
 }
 
 /// The harvester loop's parameters.
@@ -61,6 +96,8 @@ pub struct LoopPlan {
     pub interval: Duration,
     pub duration: Duration,
     pub seed: u64,
+    /// The proxy's cache block size.
+    pub block: u64,
 }
 
 /// Runs signage points every `interval` for `duration`; each passing plot's quality check goes through
@@ -77,6 +114,7 @@ pub async fn harvest(
         interval,
         duration,
         seed,
+        block,
     } = plan.clone();
     let via = Via::Dir(root);
     let mut rng = StdRng::seed_from_u64(seed ^ 0xfa53);
@@ -99,6 +137,7 @@ pub async fn harvest(
             let layout = Layout::k32(plot_size, seed ^ i as u64);
             let (steps, _q) = quality_steps(&layout, &mut rng);
             result.reads += steps.iter().map(Vec::len).sum::<usize>();
+            result.check_reads.push(upstream_rounds(&steps, block));
             checks.push((plot_name(i), steps));
         }
         result.signage_points += 1;

@@ -56,6 +56,8 @@ pub const OPEN_READS: [u64; 2] = [0, 51];
 pub const HEADER_WATCH: u64 = 51 + READ;
 /// A lookup slower than this makes the harvester warn.
 pub const SLOW_LOOKUP_MS: f64 = 8_000.0;
+/// The phase name of the loop with the scheduler off (`--compare-unscheduled`).
+pub const UNSCHEDULED: &str = "signage-point loop, scheduler off";
 /// Body reads stay this far from the index (so a read-ahead never touches it).
 const INDEX_MARGIN: u64 = 16 << 20;
 
@@ -534,6 +536,8 @@ pub struct V2Phase {
     pub sp_response: Option<Dist>,
     pub over_8s: usize,
     pub upstream_requests: u64,
+    /// Downloads the emulator refused with 429 (its rate limit; counted in `upstream_requests` too).
+    pub rate_limited: u64,
     pub upstream_bytes: u64,
     pub requests_per_lookup: f64,
     pub bytes_per_lookup: f64,
@@ -601,6 +605,10 @@ pub struct FarmV2Report {
     pub cache_memory: u64,
     pub cache_disk: u64,
     pub block_size: u64,
+    /// The emulator's account rate limit in the proxy phases (`--rate-limit-rps`).
+    pub rate_limit_rps: Option<f64>,
+    /// The proxy's upstream scheduler settings, as `[fetch]` keys.
+    pub schedule: String,
     pub catalog: V2Catalog,
     pub starts: Vec<V2Start>,
     pub phases: Vec<V2Phase>,
@@ -709,6 +717,7 @@ async fn measured(
             .filter(|m| **m > SLOW_LOOKUP_MS)
             .count(),
         upstream_requests: requests,
+        rate_limited: stats.rate_limited,
         upstream_bytes: stats.bytes_sent,
         requests_per_lookup: requests as f64 / ok,
         bytes_per_lookup: stats.bytes_sent as f64 / ok,
@@ -837,6 +846,8 @@ pub async fn run(ctx: &Ctx, plan: &V2Plan) -> anyhow::Result<FarmV2Report> {
         cache_memory: settings.memory.as_u64(),
         cache_disk: settings.disk.as_u64(),
         block_size: block,
+        rate_limit_rps: ctx.opts.rate_limit_rps,
+        schedule: schedule_keys(&settings),
         ..FarmV2Report::default()
     };
     progress(format!(
@@ -889,13 +900,26 @@ pub async fn run(ctx: &Ctx, plan: &V2Plan) -> anyhow::Result<FarmV2Report> {
         "{harvesters} b2fs-shim mount(s) up in {:.0} ms",
         t.elapsed().as_secs_f64() * 1e3
     ));
-    let result = phases(ctx, plan, &mut stack, &mut mounts, &mut rep).await;
+    let result = phases(ctx, plan, &settings, &mut stack, &mut mounts, &mut rep).await;
     for m in mounts {
         unmount(m).await;
     }
     stack.shutdown().await;
     result?;
     Ok(rep)
+}
+
+/// The scheduler settings the proxy runs with, as its `[fetch]` keys.
+fn schedule_keys(s: &ProxySettings) -> String {
+    let d = b2_proxy::config::FetchConfig::default();
+    let sch = s.schedule;
+    format!(
+        "max_requests_per_second {}, max_concurrency {}, adaptive_concurrency {}, prioritize {}",
+        sch.max_rps.unwrap_or(d.max_requests_per_second),
+        sch.max_concurrency.unwrap_or(d.max_concurrency),
+        sch.adaptive.unwrap_or(d.adaptive_concurrency),
+        sch.prioritize.unwrap_or(d.prioritize)
+    )
 }
 
 fn roots(mounts: &[Mount]) -> Vec<PathBuf> {
@@ -909,6 +933,7 @@ fn pids(mounts: &[Mount]) -> Vec<Option<u32>> {
 async fn phases(
     ctx: &Ctx,
     plan: &V2Plan,
+    settings: &ProxySettings,
     stack: &mut Stack,
     mounts: &mut Vec<Mount>,
     rep: &mut FarmV2Report,
@@ -983,6 +1008,18 @@ async fn phases(
     .await;
     rep.phases.push(p);
 
+    // With --compare-unscheduled both loops start on a freshly restarted proxy (the warm disk tier, an empty
+    // memory tier), so the one run second inherits nothing from the first.
+    let compare = ctx.opts.compare_unscheduled && stack.proxy_pid().is_some();
+    if ctx.opts.compare_unscheduled && !compare {
+        rep.notes
+            .push("--compare-unscheduled skipped: it needs --proxy process".into());
+    }
+    if compare {
+        progress("farm-v2: proxy restart before the signage-point loop");
+        stack.restart_proxy_with(&ctx.bins, Some(settings)).await?;
+    }
+
     // The signage-point loop.
     let mode = Mode::Mount(roots(mounts));
     let sps = farm.schedule(plan.interval, plan.duration, ids(1 << 20));
@@ -1002,8 +1039,34 @@ async fn phases(
     .await;
     rep.phases.push(p);
 
-    // The baseline: the same lookups straight to the emulator.
+    if compare {
+        let off = ProxySettings {
+            schedule: super::stack::Schedule::off(),
+            ..settings.clone()
+        };
+        progress("farm-v2: proxy restart with the scheduler off");
+        stack.restart_proxy_with(&ctx.bins, Some(&off)).await?;
+        let sps_off = farm.schedule(plan.interval, plan.duration, ids(1 << 20));
+        progress(format!(
+            "farm-v2: signage-point loop with the scheduler off, {} lookups",
+            sps_off.iter().map(|s| s.plots.len()).sum::<usize>()
+        ));
+        let p = measured(
+            UNSCHEDULED,
+            &emu,
+            Some(&*stack),
+            &pids(mounts),
+            run_phase(farm, &infos, &sps_off, &mode),
+        )
+        .await;
+        rep.phases.push(p);
+    }
+
+    // The baseline: the same lookups straight to the emulator, without its rate limit (there is no proxy to
+    // pace them: the baseline is what the lookups cost with every request answered at once).
     progress("farm-v2: baseline, the loop's lookups straight to the emulator");
+    let limit = emu.knobs().rate_limit;
+    emu.update_knobs(|k| k.rate_limit = Default::default())?;
     let client = super::stack::http_client()?;
     let (token, url) = super::pos1::direct_base(&emu, &client).await?;
     let direct = Mode::Direct { client, url, token };
@@ -1015,6 +1078,7 @@ async fn phases(
         run_phase(farm, &infos, &sps, &direct),
     )
     .await;
+    emu.update_knobs(|k| k.rate_limit = limit)?;
     b.index_read = None;
     b.header_read = None;
     rep.baseline = Some(b);
@@ -1050,7 +1114,9 @@ async fn phases(
     }
     progress("farm-v2: proxy restart");
     emu.reset_stats();
-    let r = stack.restart_proxy(&ctx.bins).await?;
+    let r = stack
+        .restart_proxy_with(&ctx.bins, compare.then_some(settings))
+        .await?;
     let stats = emu.stats();
     rep.starts.push(V2Start {
         name: "proxy restart (SIGTERM, start on the same disk tier)".into(),
@@ -1166,6 +1232,14 @@ pub fn markdown(r: &FarmV2Report, o: &mut String) {
             mib(r.cache_disk),
             r.block_size / 1024
         );
+        let _ = writeln!(
+            o,
+            "Upstream scheduler: {}; emulator rate limit: {}.\n",
+            r.schedule,
+            r.rate_limit_rps
+                .map(|l| format!("{l:.0} downloads/s (off for the baseline)"))
+                .unwrap_or_else(|| "off".into())
+        );
     }
     let c = &r.catalog;
     let _ = writeln!(
@@ -1210,17 +1284,17 @@ pub fn markdown(r: &FarmV2Report, o: &mut String) {
     if !r.phases.is_empty() {
         let _ = writeln!(
             o,
-            "\n| scenario | phase | time | SPs | lookups | failed | lookup p50 / p99 / max | SP response p50 / p99 / max | > 8 s | header read p50 / p99 | index read p50 / p99 | upstream req / lookup | upstream KiB / lookup | index GETs | peak upstream | peak req/s | proxy RSS | shim RSS | memory tier | disk tier | dropped disk writes |"
+            "\n| scenario | phase | time | SPs | lookups | failed | lookup p50 / p99 / max | SP response p50 / p99 / max | > 8 s | header read p50 / p99 | index read p50 / p99 | upstream req / lookup | 429s | upstream KiB / lookup | index GETs | peak upstream | peak req/s | proxy RSS | shim RSS | memory tier | disk tier | dropped disk writes |"
         );
         let _ = writeln!(
             o,
-            "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for p in r.phases.iter().chain(r.baseline.iter()) {
             let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or("-".into());
             let _ = writeln!(
                 o,
-                "| farm-v2 | {} | {:.1} s | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                "| farm-v2 | {} | {:.1} s | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
                 p.name,
                 p.wall_s,
                 p.signage_points,
@@ -1232,6 +1306,7 @@ pub fn markdown(r: &FarmV2Report, o: &mut String) {
                 d2(&p.header_read),
                 d2(&p.index_read),
                 p.requests_per_lookup,
+                p.rate_limited,
                 p.bytes_per_lookup / 1024.0,
                 p.index_gets,
                 p.peak_upstream,
@@ -1284,6 +1359,72 @@ fn met(name: String, goal: &str, measured: String, met: Option<bool>) -> Target 
     }
 }
 
+/// Issue 17's targets: the loop under the emulator's rate limit, and against the scheduler switched off.
+fn schedule_targets(r: &FarmV2Report, label: &str) -> Vec<Target> {
+    let mut t = Vec::new();
+    let Some(on) = r.phase("signage-point loop") else {
+        return t;
+    };
+    let limited = r.rate_limit_rps.is_some();
+    let off = r.phase(UNSCHEDULED);
+    if !limited && off.is_none() {
+        return t;
+    }
+    let cond = if limited {
+        format!("emulator limit {:.0}/s", r.rate_limit_rps.unwrap_or(0.0))
+    } else {
+        "no emulator limit".into()
+    };
+    t.push(met(
+        format!("{label} ({cond}): failed lookups in the loop"),
+        "0",
+        format!("{} of {}", on.failed, on.lookups),
+        Some(on.failed == 0),
+    ));
+    let under = on.lookups.saturating_sub(on.failed + on.over_8s);
+    let share = under as f64 / on.lookups.max(1) as f64;
+    t.push(met(
+        format!("{label} ({cond}): lookups under 8 s"),
+        ">= 95%",
+        format!("{:.1}% ({under} of {})", share * 100.0, on.lookups),
+        Some(share >= 0.95),
+    ));
+    let ratio_429 = on.rate_limited as f64 / on.upstream_requests.max(1) as f64;
+    t.push(met(
+        format!("{label} ({cond}): 429s"),
+        "<= 1% of upstream requests",
+        format!(
+            "{} of {} = {:.2}%",
+            on.rate_limited,
+            on.upstream_requests,
+            ratio_429 * 100.0
+        ),
+        Some(ratio_429 <= 0.01),
+    ));
+    if let Some(off) = off {
+        let (a, b) = (on.sp_response, off.sp_response);
+        t.push(met(
+            format!("{label} ({cond}): SP response p99 vs the scheduler off"),
+            ">= 2 x better",
+            match (a, b) {
+                (Some(a), Some(b)) => format!(
+                    "{:.0} ms vs {:.0} ms = {:.2} x better (429s {} vs {}, failed {} vs {})",
+                    a.p99_ms,
+                    b.p99_ms,
+                    b.p99_ms / a.p99_ms,
+                    on.rate_limited,
+                    off.rate_limited,
+                    on.failed,
+                    off.failed
+                ),
+                _ => "-".into(),
+            },
+            a.zip(b).map(|(a, b)| b.p99_ms >= 2.0 * a.p99_ms),
+        ));
+    }
+    t
+}
+
 /// Issue 16's targets for a pass.
 pub fn targets(r: &FarmV2Report) -> Vec<Target> {
     let mut t = Vec::new();
@@ -1331,6 +1472,7 @@ pub fn targets(r: &FarmV2Report) -> Vec<Target> {
         return t;
     }
     let sp_loop = r.phase("signage-point loop");
+    t.extend(schedule_targets(r, &label));
     let restart = r.phase("harvester restart");
     let after = r.phase("after proxy restart");
     let warm = r.phase("warm-up");

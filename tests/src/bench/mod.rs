@@ -239,6 +239,31 @@ pub struct Opts {
     #[arg(long, value_name = "SIZE")]
     pub block_size: Option<bytesize::ByteSize>,
 
+    /// The emulator's account-wide rate limit: downloads per second, over which it answers 429 with
+    /// `Retry-After` as B2 does (default: off). Every scenario's proxy runs under it; farm-v2's baseline pass
+    /// (straight to the emulator, no proxy) runs without it.
+    #[arg(long, value_name = "RPS")]
+    pub rate_limit_rps: Option<f64>,
+
+    /// The emulator's rate-limit bucket: downloads that may arrive back to back above the rate (default: one
+    /// second's worth).
+    #[arg(long, value_name = "N", default_value_t = 0.0)]
+    pub rate_limit_burst: f64,
+
+    /// Proxy `fetch.max_requests_per_second` for every scenario (0: no pace; default: the proxy's own).
+    #[arg(long, value_name = "RPS")]
+    pub max_rps: Option<f64>,
+
+    /// Proxy `fetch.max_concurrency` for every scenario (default: the proxy's own).
+    #[arg(long, value_name = "N")]
+    pub max_concurrency: Option<usize>,
+
+    /// farm and farm-v2: also run the harvester loop with the upstream scheduler off (no pacing, no priority
+    /// for lookups in progress, a fixed 64 requests in flight: the proxy before it had a scheduler), side by
+    /// side with the default in the same run. Both loops start on a freshly restarted proxy.
+    #[arg(long)]
+    pub compare_unscheduled: bool,
+
     /// Run b2-proxy as its own process (its RSS is then measured alone) or inside the bench.
     #[arg(long, value_enum, default_value_t = ProxyMode::Process)]
     pub proxy: ProxyMode,
@@ -311,6 +336,9 @@ impl Ctx {
             .bucket("b2fs-bench")
             .latency(Duration::from_secs_f64(model.median_ms / 1e3), model.sigma)
             .seed(self.opts.seed);
+        if let Some(rps) = self.opts.rate_limit_rps {
+            b = b.rate_limit(rps, self.opts.rate_limit_burst);
+        }
         if model.has_tail() {
             b = b.tail(
                 model.tail_probability,
@@ -325,6 +353,11 @@ impl Ctx {
         ProxySettings {
             hedge_quantile: self.opts.hedge_quantile,
             block_size: self.opts.block_size,
+            schedule: stack::Schedule {
+                max_rps: self.opts.max_rps,
+                max_concurrency: self.opts.max_concurrency,
+                ..stack::Schedule::default()
+            },
             ..ProxySettings::default()
         }
     }
@@ -864,7 +897,7 @@ async fn scenario_farm(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     );
     let prefix = "farm/plot-";
     progress(format!("farm: {plots} plots, catalog load"));
-    let stack = ctx
+    let mut stack = ctx
         .stack(
             ctx.emulator(&ctx.model)
                 .virtual_files(prefix, plots, K32_SIZE),
@@ -921,45 +954,80 @@ async fn scenario_farm(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             "ls listed {entries} plots, the bucket has {plots}"
         );
         farm.shim_rss_bytes = mount.pid().and_then(stack::rss_of);
-        progress(format!(
-            "farm: harvester loop for {duration:?}, signage point every {interval:?}"
-        ));
-        stack.emu.reset_stats();
-        let result = farm::harvest(
-            mount.path().to_path_buf(),
-            &farm::LoopPlan {
-                plots,
-                plot_size: K32_SIZE,
-                filter: o.filter.unwrap_or(256).max(1),
-                interval,
-                duration,
-                seed: o.seed,
-            },
-            |i| format!("{prefix}{i:06}.plot"),
-        )
-        .await?;
-        let stats = stack.emu.stats();
-        let requests = Stack::downloads(&stats);
-        farm.signage_points = result.signage_points;
-        farm.plots_passed = result.passed;
-        farm.quality = Dist::from_ms(&result.quality_ms);
-        farm.sp_response = Dist::from_ms(&result.sp_ms);
-        farm.requests_per_sp = requests as f64 / result.signage_points.max(1) as f64;
-        farm.requests_per_quality = requests as f64 / result.passed.max(1) as f64;
-        farm.peak_upstream = stats.peak_downloads_in_flight;
-        farm.rss_after_loop = stack.proxy_rss();
-        farm.notes.push(format!(
-            "{} quality checks made {} reads and {requests} upstream requests ({:.1} per check); \
-             a check reads C1 and C3, then P7 and 6 table steps per proof found (Poisson(1) proofs)",
-            result.passed,
-            result.reads,
-            farm.requests_per_quality
-        ));
         if let Some(b) = farm.shim_rss_bytes {
             farm.notes.push(format!(
                 "b2fs-shim RSS after listing {plots} plots: {:.0} MiB",
                 b as f64 / (1 << 20) as f64
             ));
+        }
+        // The loops to run: the proxy as configured, and with --compare-unscheduled the same loop with the
+        // scheduler off, each on a freshly restarted proxy so neither inherits the other's cache or limits.
+        let base_settings = ctx.proxy_settings();
+        let off = ProxySettings {
+            schedule: stack::Schedule::off(),
+            ..base_settings.clone()
+        };
+        let variants: Vec<(&str, Option<&ProxySettings>)> = if o.compare_unscheduled {
+            vec![
+                ("scheduler on", Some(&base_settings)),
+                ("scheduler off", Some(&off)),
+            ]
+        } else {
+            vec![("", None)]
+        };
+        for (k, (variant, restart)) in variants.into_iter().enumerate() {
+            if let Some(settings) = restart {
+                stack.restart_proxy_with(&ctx.bins, Some(settings)).await?;
+            }
+            progress(format!(
+                "farm: harvester loop{} for {duration:?}, signage point every {interval:?}",
+                if variant.is_empty() { String::new() } else { format!(" ({variant})") }
+            ));
+            stack.emu.reset_stats();
+            let result = farm::harvest(
+                mount.path().to_path_buf(),
+                &farm::LoopPlan {
+                    plots,
+                    plot_size: K32_SIZE,
+                    filter: o.filter.unwrap_or(256).max(1),
+                    interval,
+                    duration,
+                    // Each variant its own signage points (the same ones would find the other's blocks cached).
+                    seed: o.seed.wrapping_add(k as u64 * 7919),
+                    block: base_settings.block_size.map_or_else(
+                        || b2_proxy::config::CacheConfig::default().block_size.as_u64(),
+                        |b| b.as_u64(),
+                    ),
+                },
+                |i| format!("{prefix}{i:06}.plot"),
+            )
+            .await?;
+            let stats = stack.emu.stats();
+            let requests = Stack::downloads(&stats);
+            let mut f = farm.clone();
+            f.variant = variant.to_string();
+            f.signage_points = result.signage_points;
+            f.plots_passed = result.passed;
+            f.quality = Dist::from_ms(&result.quality_ms);
+            f.quality_floor_p50_ms = farm::floor_p50(&result.check_reads, &ctx.model, o.seed);
+            f.sp_response = Dist::from_ms(&result.sp_ms);
+            f.requests_per_sp = requests as f64 / result.signage_points.max(1) as f64;
+            f.requests_per_quality = requests as f64 / result.passed.max(1) as f64;
+            f.peak_upstream = stats.peak_downloads_in_flight;
+            f.rate_limited = stats.rate_limited;
+            f.rss_after_loop = stack.proxy_rss();
+            f.notes.insert(
+                0,
+                format!(
+                    "{}{} quality checks made {} reads and {requests} upstream requests ({:.1} per check); \
+                     a check reads C1 and C3, then P7 and 6 table steps per proof found (Poisson(1) proofs)",
+                    if variant.is_empty() { String::new() } else { format!("{variant}: ") },
+                    result.passed,
+                    result.reads,
+                    f.requests_per_quality
+                ),
+            );
+            report.farm.push(f);
         }
         anyhow::Ok(())
     }
@@ -967,7 +1035,6 @@ async fn scenario_farm(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     unmount(mount).await;
     stack.shutdown().await;
     result?;
-    report.farm = Some(farm);
     Ok(())
 }
 
@@ -1086,6 +1153,26 @@ pub fn targets(report: &Report) -> Vec<Target> {
             .unwrap_or_else(|| "-".into()),
         met: tail_proof.map(|d| d.p95_ms <= 1.5 * d.p50_ms),
     });
+    // Issue 17: the farm's quality checks near their floor (the proxy as configured).
+    if let Some(f) = report
+        .farm
+        .iter()
+        .find(|f| f.variant.is_empty() || f.variant == "scheduler on")
+    {
+        let ratio = f
+            .quality
+            .zip(f.quality_floor_p50_ms)
+            .filter(|(_, fl)| *fl > 0.0)
+            .map(|(q, fl)| (q.p50_ms, fl, q.p50_ms / fl));
+        t.push(Target {
+            name: format!("farm: quality check ({} plots)", f.plots),
+            goal: "p50 <= 1.3 x the checks' statistical floor".into(),
+            measured: ratio
+                .map(|(p, fl, r)| format!("p50 {p:.0} ms = {r:.2} x {fl:.0} ms"))
+                .unwrap_or_else(|| "-".into()),
+            met: ratio.map(|(_, _, r)| r <= 1.3),
+        });
+    }
     t
 }
 

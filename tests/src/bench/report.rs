@@ -98,6 +98,8 @@ pub struct MicroRow {
 /// The farm scenario.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct FarmReport {
+    /// Empty, or which side of a side-by-side comparison (`scheduler on` / `scheduler off`).
+    pub variant: String,
     pub plots: usize,
     /// Proxy start until `/healthz` reports the catalog loaded.
     pub catalog_load_ms: f64,
@@ -115,6 +117,10 @@ pub struct FarmReport {
     pub plots_passed: usize,
     /// Quality checks per passing plot (2 reads without a match, 3 + 6q with q matches).
     pub quality: Option<Dist>,
+    /// The same checks' statistical floor at p50 (every read one upstream round, nothing queued).
+    pub quality_floor_p50_ms: Option<f64>,
+    /// Downloads the emulator refused with 429 (its rate limit).
+    pub rate_limited: u64,
     /// Signage point start until every passing plot's quality check is done.
     pub sp_response: Option<Dist>,
     pub requests_per_sp: f64,
@@ -163,7 +169,7 @@ pub struct Report {
     pub calibration: Option<super::pos1::Calibration>,
     pub lookups: Vec<LookupRow>,
     pub micro: Vec<MicroRow>,
-    pub farm: Option<FarmReport>,
+    pub farm: Vec<FarmReport>,
     pub farm_v2: Vec<super::farm_v2::FarmV2Report>,
     pub eviction: Vec<EvictionRow>,
     pub targets: Vec<Target>,
@@ -373,37 +379,55 @@ impl Report {
                 );
             }
         }
-        if let Some(f) = &self.farm {
+        if !self.farm.is_empty() {
             let _ = writeln!(o, "\n### Farm\n");
             let _ = writeln!(
                 o,
-                "| scenario | plots | catalog load | `ls` | `ls -l` | proxy RSS (catalog / end) | signage points | plots passed | quality check p50 / p95 / max | SP response p50 / p95 / max | upstream req per SP | peak upstream |"
+                "| scenario | plots | catalog load | `ls` | `ls -l` | proxy RSS (catalog / end) | signage points | plots passed | quality check p50 / p95 / max | p50 / floor | SP response p50 / p95 / max | upstream req per SP | 429s | peak upstream |"
             );
             let _ = writeln!(
                 o,
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |"
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: |"
             );
             let rss = |r: &Option<Rss>| r.as_ref().map(|r| mib(r.bytes)).unwrap_or("-".into());
-            let _ = writeln!(
-                o,
-                "| farm | {} | {} ({} list calls) | {} | {} | {} / {} | {} (every {:.3} s) | {} | {} | {} | {:.1} | {} |",
-                f.plots,
-                fmt_ms(f.catalog_load_ms),
-                f.list_file_names_calls,
-                fmt_ms(f.ls_ms),
-                fmt_ms(f.ls_l_ms),
-                rss(&f.rss_after_catalog),
-                rss(&f.rss_after_loop),
-                f.signage_points,
-                f.sp_interval_s,
-                f.plots_passed,
-                dist3(&f.quality),
-                dist3(&f.sp_response),
-                f.requests_per_sp,
-                f.peak_upstream
-            );
-            for n in &f.notes {
-                let _ = writeln!(o, "- {n}");
+            for f in &self.farm {
+                let vs_floor = match (&f.quality, f.quality_floor_p50_ms) {
+                    (Some(q), Some(fl)) if fl > 0.0 => {
+                        format!("{:.2} x {:.0} ms", q.p50_ms / fl, fl)
+                    }
+                    _ => "-".into(),
+                };
+                let _ = writeln!(
+                    o,
+                    "| farm{} | {} | {} ({} list calls) | {} | {} | {} / {} | {} (every {:.3} s) | {} | {} | {} | {} | {:.1} | {} | {} |",
+                    if f.variant.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", f.variant)
+                    },
+                    f.plots,
+                    fmt_ms(f.catalog_load_ms),
+                    f.list_file_names_calls,
+                    fmt_ms(f.ls_ms),
+                    fmt_ms(f.ls_l_ms),
+                    rss(&f.rss_after_catalog),
+                    rss(&f.rss_after_loop),
+                    f.signage_points,
+                    f.sp_interval_s,
+                    f.plots_passed,
+                    dist3(&f.quality),
+                    vs_floor,
+                    dist3(&f.sp_response),
+                    f.requests_per_sp,
+                    f.rate_limited,
+                    f.peak_upstream
+                );
+            }
+            let mut seen = std::collections::HashSet::new();
+            for n in self.farm.iter().flat_map(|f| &f.notes) {
+                if seen.insert(n) {
+                    let _ = writeln!(o, "- {n}");
+                }
             }
         }
         for f in &self.farm_v2 {

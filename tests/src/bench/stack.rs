@@ -115,6 +115,28 @@ pub struct ProxySettings {
     pub disk: ByteSize,
     /// `cache.block_size`; `None` keeps the proxy's default.
     pub block_size: Option<ByteSize>,
+    pub schedule: Schedule,
+}
+
+/// The upstream scheduler's settings (`[fetch]`); `None` keeps the proxy's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Schedule {
+    pub max_rps: Option<f64>,
+    pub max_concurrency: Option<usize>,
+    pub adaptive: Option<bool>,
+    pub prioritize: Option<bool>,
+}
+
+impl Schedule {
+    /// The proxy before it had a scheduler: a fixed 64 requests in flight, FIFO, no pace.
+    pub fn off() -> Self {
+        Self {
+            max_rps: Some(0.0),
+            max_concurrency: Some(64),
+            adaptive: Some(false),
+            prioritize: Some(false),
+        }
+    }
 }
 
 impl Default for ProxySettings {
@@ -125,6 +147,7 @@ impl Default for ProxySettings {
             memory: ByteSize::gib(1),
             disk: ByteSize::gib(1),
             block_size: None,
+            schedule: Schedule::default(),
         }
     }
 }
@@ -183,6 +206,12 @@ fn proxy_config(emu: &Emulator, dir: &Path, listen: SocketAddr, s: &ProxySetting
     if let Some(q) = s.hedge_quantile {
         c.fetch.hedge_quantile = q;
     }
+    let f = &mut c.fetch;
+    let sch = s.schedule;
+    f.max_requests_per_second = sch.max_rps.unwrap_or(f.max_requests_per_second);
+    f.max_concurrency = sch.max_concurrency.unwrap_or(f.max_concurrency);
+    f.adaptive_concurrency = sch.adaptive.unwrap_or(f.adaptive_concurrency);
+    f.prioritize = sch.prioritize.unwrap_or(f.prioritize);
     c
 }
 
@@ -192,7 +221,8 @@ fn config_toml(c: &Config) -> String {
     format!(
         "{b2}[server]\nlisten = \"{}\"\n\
          [cache]\nmemory = {}\ndisk = {}\ndisk_dir = {:?}\nblock_size = {}\n\
-         [fetch]\nhedge = {}\nhedge_quantile = {}\n",
+         [fetch]\nhedge = {}\nhedge_quantile = {}\nmax_requests_per_second = {:?}\n\
+         max_concurrency = {}\nadaptive_concurrency = {}\nprioritize = {}\n",
         c.server.listen,
         c.cache.memory.as_u64(),
         c.cache.disk.as_u64(),
@@ -200,6 +230,10 @@ fn config_toml(c: &Config) -> String {
         c.cache.block_size.as_u64(),
         c.fetch.hedge,
         c.fetch.hedge_quantile,
+        c.fetch.max_requests_per_second,
+        c.fetch.max_concurrency,
+        c.fetch.adaptive_concurrency,
+        c.fetch.prioritize,
     )
 }
 
@@ -272,6 +306,16 @@ impl Stack {
     /// Stops the proxy process with SIGTERM (it closes its disk tier) and starts it again with the same config,
     /// port and disk tier, until `/healthz` answers 200. Process mode only.
     pub async fn restart_proxy(&mut self, bins: &Binaries) -> anyhow::Result<ProxyRestart> {
+        self.restart_proxy_with(bins, None).await
+    }
+
+    /// [`Stack::restart_proxy`], with `settings` (when given) replacing the config's (same port and disk
+    /// tier directory).
+    pub async fn restart_proxy_with(
+        &mut self,
+        bins: &Binaries,
+        settings: Option<&ProxySettings>,
+    ) -> anyhow::Result<ProxyRestart> {
         let Some(ProxyHandle::Process { child, log }) = self.proxy.take() else {
             bail!("a proxy restart needs --proxy process");
         };
@@ -279,6 +323,15 @@ impl Stack {
         let clean = stop_child_within(child, Duration::from_secs(120)).await;
         let stop = t.elapsed();
         let cfg_path = self.dir.path().join("proxy.toml");
+        if let Some(s) = settings {
+            let listen: SocketAddr = self
+                .base
+                .trim_start_matches("http://")
+                .parse()
+                .with_context(|| format!("proxy address {}", self.base))?;
+            let config = proxy_config(&self.emu, self.dir.path(), listen, s);
+            std::fs::write(&cfg_path, config_toml(&config))?;
+        }
         let started = Instant::now();
         let child = spawn_proxy(&bins.proxy, &cfg_path, &log)?;
         self.proxy = Some(ProxyHandle::Process { child, log });
