@@ -177,6 +177,28 @@ fn generate(what: Generate) -> std::io::Result<()> {
     Ok(())
 }
 
+/// FUSE pages per request this shim wants the kernel to allow (4 MiB: a v2 chunk index in one read).
+const WANTED_MAX_PAGES: u64 = 1024;
+
+/// Warns when the kernel splits large reads into 1 MiB requests (`fs.fuse.max_pages_limit`, Linux 6.13+):
+/// each piece is then a request of its own, one after the other, so a cold 3.6 MB read costs four upstream
+/// rounds instead of one. Older kernels have no such setting (and always split at 1 MiB).
+fn warn_small_fuse_requests() {
+    let path = "/proc/sys/fs/fuse/max_pages_limit";
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    if let Ok(limit) = text.trim().parse::<u64>()
+        && limit < WANTED_MAX_PAGES
+    {
+        warn!(
+            "fs.fuse.max_pages_limit is {limit} pages per FUSE read: larger reads reach b2fs as several \
+             sequential requests; set it to {WANTED_MAX_PAGES} (the package ships \
+             /usr/lib/sysctl.d/60-b2fs-fuse.conf: `sysctl -p /usr/lib/sysctl.d/60-b2fs-fuse.conf`) and remount"
+        );
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(what) = cli.generate {
@@ -294,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cli.attr_ttl,
         cli.timeout
     );
+    warn_small_fuse_requests();
     refresher.set_notifier(session.notifier());
     let mut unmounter = session.unmount_callable();
 

@@ -28,8 +28,10 @@ use crate::metrics::Metrics;
 use crate::range::{self, RangeError};
 use crate::upstream::{ObjectInfo, ObjectSource, UpstreamError};
 
-/// Ranges up to this size are answered in one piece (the largest FUSE read is 1 MiB); larger ones are streamed.
-pub const SINGLE_SHOT: u64 = 1 << 20;
+/// Ranges up to this size are answered in one piece, planned and fetched as one (so a cold 3.65 MB v2 chunk
+/// index is one upstream GET, not a chain of chunk-sized ones); larger ones are streamed. 4 MiB is the largest
+/// FUSE read with `fs.fuse.max_pages_limit` = 1024 (deploy/60-b2fs-fuse.conf), and `MIN_RESPONSE_BUFFER`.
+pub const SINGLE_SHOT: u64 = 4 << 20;
 /// Chunk size of streamed bodies: what a stalled reader holds at most (hyper's write queue is sized to it).
 pub const STREAM_CHUNK: u64 = 256 << 10;
 /// A `GET /files` page holds at most this many files.

@@ -371,6 +371,77 @@ impl Drop for ProxyProcess {
 }
 
 /// Reads `len` bytes at `offset` and reports the outcome and how long it took.
+/// Sets `fs.fuse.max_pages_limit` for the mounts made while it lives, and puts the old value back.
+struct MaxPages(String);
+
+const MAX_PAGES_LIMIT: &str = "/proc/sys/fs/fuse/max_pages_limit";
+
+impl MaxPages {
+    fn set(pages: u32) -> Self {
+        let before = std::fs::read_to_string(MAX_PAGES_LIMIT).unwrap_or_else(|e| {
+            panic!("{MAX_PAGES_LIMIT}: {e} (the kernel needs fs.fuse.max_pages_limit, Linux 6.13+)")
+        });
+        std::fs::write(MAX_PAGES_LIMIT, pages.to_string())
+            .unwrap_or_else(|e| panic!("cannot set {MAX_PAGES_LIMIT} (needs root): {e}"));
+        Self(before.trim().to_string())
+    }
+}
+
+impl Drop for MaxPages {
+    fn drop(&mut self) {
+        let _ = std::fs::write(MAX_PAGES_LIMIT, &self.0);
+    }
+}
+
+/// A prover's one 3.65 MB read() of a v2 chunk index reaches the proxy as one request when the kernel allows
+/// 4 MiB FUSE requests (what the package's sysctl.d file sets), so a cold index read is one upstream GET, not
+/// four in sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_read_is_one_upstream_request() {
+    const SIZE: u64 = 1 << 30;
+    const INDEX: u64 = 3_650_000;
+    let env = start(
+        Emulator::builder()
+            .virtual_file("v2/k28.plot", SIZE)
+            .latency(Duration::from_millis(20), 0.0),
+        |c| c.fetch.hedge = false,
+    )
+    .await;
+    let limit = MaxPages::set(1024);
+    let m = mount(&env);
+    // The mount has its limits from the kernel at mount time: the old value may come back now.
+    drop(limit);
+    env.emu.reset_stats();
+    let offset = SIZE - INDEX;
+    let path = m.join("v2/k28.plot");
+    let buf = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&path).expect("open");
+        let mut buf = vec![0u8; INDEX as usize];
+        let n = f.read_at(&mut buf, offset).expect("pread");
+        buf.truncate(n);
+        buf
+    })
+    .await
+    .expect("reader");
+    assert_eq!(buf.len() as u64, INDEX);
+    assert_bytes(&env.emu, "v2/k28.plot", offset, &buf);
+    let ranges: Vec<_> = env
+        .emu
+        .stats()
+        .recent_ranges
+        .into_iter()
+        .filter(|r| r.name == "v2/k28.plot" && r.end >= offset && r.start < SIZE)
+        .collect();
+    println!("downloads for the 3.65 MB read: {ranges:?}");
+    assert_eq!(
+        ranges.len(),
+        1,
+        "one cold 3.65 MB read took {} downloads: {ranges:?}",
+        ranges.len()
+    );
+    assert!(ranges[0].start <= offset && ranges[0].end >= SIZE - 1);
+}
+
 fn timed_read(path: &Path, offset: u64, len: usize) -> (std::io::Result<Vec<u8>>, Duration) {
     let started = Instant::now();
     let result = std::fs::File::open(path).and_then(|f| {
