@@ -4,8 +4,10 @@
 //! - **Concurrency that adapts** (AIMD on latency and errors): the limit starts at `initial_concurrency` and grows
 //!   while requests queue for it and the upstream answers at its usual latency (by one per answer while no
 //!   overload was seen for a while, like TCP's slow start; else by one per window of answers); it shrinks by a
-//!   fifth on an overload answer (timeout, 5xx, 429) or when answers take more than three times the usual
-//!   latency, at most once per [`DECREASE_GAP`]. `max_concurrency` is the ceiling, `min_concurrency` the floor.
+//!   fifth on an overload answer (timeout, 5xx, 429) or when the median latency of a quarter second's answers is
+//!   more than twice the usual, at most once per [`DECREASE_GAP`]. (Single answers are not compared: B2's
+//!   latency is lognormal, a third of its answers take three times its fastest, and a burst's slowest answers
+//!   all arrive last.) `max_concurrency` is the ceiling, `min_concurrency` the floor.
 //! - **Pacing** (a token bucket at the current rate): at most `max_rps` requests start per second; a 429 or 503
 //!   with `Retry-After` pauses the whole upstream briefly ([`MAX_PAUSE`]; the throttled request itself waits its
 //!   whole `Retry-After`) and cuts the rate by a quarter, at most once per second; each second without one gives
@@ -39,6 +41,13 @@ pub const MAX_PAUSE: Duration = Duration::from_millis(250);
 const CALM: Duration = Duration::from_secs(5);
 /// How long a latency baseline stands before the window's minimum replaces it.
 const BASELINE_WINDOW: Duration = Duration::from_secs(10);
+/// Latency is judged per window of this length (and at least [`MIN_WINDOW_SAMPLES`] answers).
+const LATENCY_WINDOW: Duration = Duration::from_millis(250);
+const MIN_WINDOW_SAMPLES: usize = 16;
+/// Answers kept per window for its median (the first ones; a window is a quarter of a second).
+const WINDOW_SAMPLES: usize = 512;
+/// A window's median latency this many times the usual one means the upstream is overloaded.
+const INFLATED: f64 = 2.0;
 /// Requests up to this size give latency samples (bigger ones are bandwidth-bound).
 pub const SAMPLE_MAX_BYTES: u64 = 256 << 10;
 
@@ -108,10 +117,16 @@ struct State {
     last_throttle: Option<Instant>,
     last_overload: Option<Instant>,
     last_decrease: Option<Instant>,
-    /// Usual latency of small requests: follows a new minimum down at once; up only to the minimum of the
-    /// last [`BASELINE_WINDOW`], so a lasting slowdown becomes the new usual after a while, a burst never.
-    baseline: Option<Duration>,
-    window_min: Option<Duration>,
+    /// Latencies (seconds) of the small requests answered since `latency_since` ([`LATENCY_WINDOW`]): judged
+    /// by their median, since a burst's answers arrive fastest first and its last ones are B2's natural tail.
+    latencies: Vec<f64>,
+    latency_since: Instant,
+    /// The last window's median was inflated: answers shrink the limit (not grow it) until one that is not.
+    congested: bool,
+    /// Usual latency (a window's median, seconds): follows a new minimum down at once; up only to the minimum
+    /// of the last [`BASELINE_WINDOW`], so a lasting slowdown becomes the new usual after a while, a burst never.
+    baseline: Option<f64>,
+    window_min: Option<f64>,
     baseline_since: Instant,
     /// Grants counted for the observed rate.
     window_start: Instant,
@@ -187,6 +202,9 @@ impl Scheduler {
                 last_throttle: None,
                 last_overload: None,
                 last_decrease: None,
+                latencies: Vec::with_capacity(WINDOW_SAMPLES),
+                latency_since: now,
+                congested: false,
                 baseline: None,
                 window_min: None,
                 baseline_since: now,
@@ -434,25 +452,31 @@ impl Scheduler {
             }
             Signal::Answered { sample } => {
                 if sample {
-                    st.window_min = Some(st.window_min.map_or(latency, |m| m.min(latency)));
-                    if now.duration_since(st.baseline_since) >= BASELINE_WINDOW {
-                        st.baseline = st.window_min.take();
-                        st.baseline_since = now;
+                    if st.latencies.len() < WINDOW_SAMPLES {
+                        st.latencies.push(latency.as_secs_f64());
+                    }
+                    if now.duration_since(st.latency_since) >= LATENCY_WINDOW
+                        && st.latencies.len() >= MIN_WINDOW_SAMPLES
+                    {
+                        let median = median(&mut st.latencies);
+                        st.latencies.clear();
+                        st.latency_since = now;
+                        st.window_min = Some(st.window_min.map_or(median, |m| m.min(median)));
+                        if now.duration_since(st.baseline_since) >= BASELINE_WINDOW {
+                            st.baseline = st.window_min.take();
+                            st.baseline_since = now;
+                        }
+                        st.congested = match st.baseline {
+                            Some(b) if median >= b => median > b * INFLATED && median > 0.020,
+                            _ => {
+                                st.baseline = Some(median);
+                                false
+                            }
+                        };
                     }
                 }
-                let inflated = sample
-                    && match st.baseline {
-                        Some(b) if latency < b => {
-                            st.baseline = Some(latency);
-                            false
-                        }
-                        Some(b) => latency > b * 3 && latency > Duration::from_millis(20),
-                        None => {
-                            st.baseline = Some(latency);
-                            false
-                        }
-                    };
-                if inflated {
+                if st.congested {
+                    st.last_overload = Some(now);
                     decrease(&mut st);
                 } else if st.saturated {
                     let calm = st
@@ -470,6 +494,12 @@ impl Scheduler {
         // A larger limit may admit waiters.
         self.wake.notify_one();
     }
+}
+
+/// The median of `v` (reordered); `v` is not empty.
+fn median(v: &mut [f64]) -> f64 {
+    let mid = v.len() / 2;
+    *v.select_nth_unstable_by(mid, f64::total_cmp).1
 }
 
 fn refill(st: &mut State, now: Instant) {

@@ -544,6 +544,68 @@ async fn hedges_stop_while_the_upstream_throttles() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn lognormal_latency_alone_does_not_shrink_the_concurrency_limit() {
+    // B2's latency is lognormal (sigma ~0.3): a third of its answers take three times its fastest. That is its
+    // usual, not congestion: after one real overload answer (a 503), the limit must not keep shrinking on
+    // the natural spread of the answers that follow.
+    let s = with_schedule(|c| {
+        c.adaptive = true;
+        c.max_concurrency = 400;
+        c.initial_concurrency = 16;
+        c.min_concurrency = 4;
+    });
+    let obj = s.source.add_file("f", pattern(1 << 20, 26));
+    let fail_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fail = fail_next.clone();
+    let rng = std::sync::Mutex::new(0x2545_f491_4f6c_dd1d_u64);
+    s.source.script(move |_| {
+        if fail.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return Step::fail(50 * MS, unavailable(None));
+        }
+        let mut x = rng.lock().unwrap_or_else(|p| p.into_inner());
+        // Two uniforms by xorshift, one normal by Box-Muller, a lognormal delay of median 50 ms.
+        let mut next = || {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            (*x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let (u1, u2) = (1.0 - next(), next());
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        Step::after(Duration::from_secs_f64(0.050 * (0.3 * z).exp()))
+    });
+    let wave = || {
+        let reads: Vec<_> = (0..300u64)
+            .map(|i| {
+                let (u, o) = (s.upstream.clone(), obj.clone());
+                tokio::spawn(async move { u.read(&o, i..i + 1, Purpose::New).await })
+            })
+            .collect();
+        async move {
+            for r in reads {
+                r.await.expect("join").expect("read");
+            }
+        }
+    };
+    for _ in 0..3 {
+        wave().await;
+    }
+    let grown = s.upstream.scheduler().concurrency_limit();
+    assert!(grown >= 200, "limit {grown} after three waves of 300");
+    fail_next.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Four seconds of waves within the 5 s after the overload (the limit grows slowly then).
+    let t0 = tokio::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(4) {
+        wave().await;
+    }
+    let after = s.upstream.scheduler().concurrency_limit();
+    assert!(
+        after as f64 >= grown as f64 * 0.8 * 0.95,
+        "limit {after} (was {grown}): one 503, then only lognormal latency"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_concurrency_limit_grows_to_the_demand_and_shrinks_when_the_upstream_slows() {
     let s = with_schedule(|c| {
         c.adaptive = true;
