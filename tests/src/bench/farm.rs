@@ -96,6 +96,8 @@ pub struct LoopPlan {
     pub interval: Duration,
     pub duration: Duration,
     pub seed: u64,
+    /// Which side of a comparison (changes the reads, not the signage points).
+    pub variant: u64,
     /// The proxy's cache block size.
     pub block: u64,
 }
@@ -114,10 +116,14 @@ pub async fn harvest(
         interval,
         duration,
         seed,
+        variant,
         block,
     } = plan.clone();
     let via = Via::Dir(root);
-    let mut rng = StdRng::seed_from_u64(seed ^ 0xfa53);
+    // Which plots pass comes from `seed` alone, what they read from `variant` too: two variants of a loop
+    // get the same bursts at different offsets (the same ones would find the first's blocks cached).
+    let mut passes = StdRng::seed_from_u64(seed ^ 0xfa53);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xfa53 ^ variant.wrapping_mul(0x9e37_79b9));
     let start = tokio::time::Instant::now();
     let mut sps = tokio::task::JoinSet::new();
     let mut result = LoopResult::default();
@@ -130,7 +136,7 @@ pub async fn harvest(
         tokio::time::sleep_until(at).await;
         k += 1;
         let passing: Vec<usize> = (0..plots)
-            .filter(|_| rng.random_range(0..filter) == 0)
+            .filter(|_| passes.random_range(0..filter) == 0)
             .collect();
         let mut checks = Vec::with_capacity(passing.len());
         for i in passing {

@@ -1046,7 +1046,14 @@ async fn phases(
         };
         progress("farm-v2: proxy restart with the scheduler off");
         stack.restart_proxy_with(&ctx.bins, Some(&off)).await?;
-        let sps_off = farm.schedule(plan.interval, plan.duration, ids(1 << 20));
+        // The same signage points with the same passing groups (the same bursts), at new ids so the body reads
+        // fall elsewhere (the first loop's blocks would be cached).
+        let first = ids(1 << 20);
+        let sps_off: Vec<SpPlan> = sps
+            .iter()
+            .zip(first..)
+            .map(|(sp, id)| SpPlan { id, ..sp.clone() })
+            .collect();
         progress(format!(
             "farm-v2: signage-point loop with the scheduler off, {} lookups",
             sps_off.iter().map(|s| s.plots.len()).sum::<usize>()

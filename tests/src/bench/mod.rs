@@ -992,8 +992,8 @@ async fn scenario_farm(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                     filter: o.filter.unwrap_or(256).max(1),
                     interval,
                     duration,
-                    // Each variant its own signage points (the same ones would find the other's blocks cached).
-                    seed: o.seed.wrapping_add(k as u64 * 7919),
+                    seed: o.seed,
+                    variant: k as u64,
                     block: base_settings.block_size.map_or_else(
                         || b2_proxy::config::CacheConfig::default().block_size.as_u64(),
                         |b| b.as_u64(),
