@@ -258,6 +258,11 @@ pub struct Opts {
     #[arg(long, value_name = "N")]
     pub max_concurrency: Option<usize>,
 
+    /// Every scenario's proxy with the upstream scheduler off (no pacing, FIFO, a fixed 64 in flight: the proxy
+    /// before it had a scheduler), to compare whole runs; --max-rps and --max-concurrency still apply.
+    #[arg(long)]
+    pub unscheduled: bool,
+
     /// farm and farm-v2: also run the harvester loop with the upstream scheduler off (no pacing, no priority
     /// for lookups in progress, a fixed 64 requests in flight: the proxy before it had a scheduler), side by
     /// side with the default in the same run. Both loops start on a freshly restarted proxy.
@@ -353,10 +358,17 @@ impl Ctx {
         ProxySettings {
             hedge_quantile: self.opts.hedge_quantile,
             block_size: self.opts.block_size,
-            schedule: stack::Schedule {
-                max_rps: self.opts.max_rps,
-                max_concurrency: self.opts.max_concurrency,
-                ..stack::Schedule::default()
+            schedule: {
+                let base = if self.opts.unscheduled {
+                    stack::Schedule::off()
+                } else {
+                    stack::Schedule::default()
+                };
+                stack::Schedule {
+                    max_rps: self.opts.max_rps.or(base.max_rps),
+                    max_concurrency: self.opts.max_concurrency.or(base.max_concurrency),
+                    ..base
+                }
             },
             ..ProxySettings::default()
         }
@@ -1327,6 +1339,13 @@ pub async fn run(opts: Opts) -> ExitCode {
     report.targets = targets(&report);
     for f in &report.farm_v2 {
         report.targets.extend(farm_v2::targets(f));
+    }
+    if opts.unscheduled {
+        report.notes.push(
+            "--unscheduled: every proxy ran with its upstream scheduler off (max_requests_per_second 0, \
+             max_concurrency 64 fixed, prioritize false)"
+                .into(),
+        );
     }
     report
         .notes
