@@ -121,8 +121,9 @@ struct State {
     /// by their median, since a burst's answers arrive fastest first and its last ones are B2's natural tail.
     latencies: Vec<f64>,
     latency_since: Instant,
-    /// The last window's median was inflated: answers shrink the limit (not grow it) until one that is not.
-    congested: bool,
+    /// The last window's median was inflated: until then answers shrink the limit (not grow it). It lapses
+    /// by itself, so answers that give no samples (large reads) never keep it on.
+    congested_until: Option<Instant>,
     /// Usual latency (a window's median, seconds): follows a new minimum down at once; up only to the minimum
     /// of the last [`BASELINE_WINDOW`], so a lasting slowdown becomes the new usual after a while, a burst never.
     baseline: Option<f64>,
@@ -204,7 +205,7 @@ impl Scheduler {
                 last_decrease: None,
                 latencies: Vec::with_capacity(WINDOW_SAMPLES),
                 latency_since: now,
-                congested: false,
+                congested_until: None,
                 baseline: None,
                 window_min: None,
                 baseline_since: now,
@@ -466,16 +467,17 @@ impl Scheduler {
                             st.baseline = st.window_min.take();
                             st.baseline_since = now;
                         }
-                        st.congested = match st.baseline {
+                        let inflated = match st.baseline {
                             Some(b) if median >= b => median > b * INFLATED && median > 0.020,
                             _ => {
                                 st.baseline = Some(median);
                                 false
                             }
                         };
+                        st.congested_until = inflated.then_some(now + 2 * LATENCY_WINDOW);
                     }
                 }
-                if st.congested {
+                if st.congested_until.is_some_and(|t| t > now) {
                     st.last_overload = Some(now);
                     decrease(&mut st);
                 } else if st.saturated {

@@ -544,6 +544,59 @@ async fn hedges_stop_while_the_upstream_throttles() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn congestion_seen_in_small_reads_lapses_when_only_large_reads_follow() {
+    // Large reads give no latency samples (they are bandwidth-bound): a congested verdict from the small reads
+    // before them must lapse, not shrink the limit on every large answer for good.
+    let s = with_schedule(|c| {
+        c.adaptive = true;
+        c.max_concurrency = 400;
+        c.initial_concurrency = 16;
+        c.min_concurrency = 4;
+    });
+    let obj = s.source.add_file("f", pattern(4 << 20, 27));
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sl = slow.clone();
+    s.source.script(move |_| {
+        if sl.load(std::sync::atomic::Ordering::Relaxed) {
+            Step::after(400 * MS)
+        } else {
+            Step::after(50 * MS)
+        }
+    });
+    let wave = |n: u64, len: u64| {
+        let reads: Vec<_> = (0..n)
+            .map(|i| {
+                let (u, o) = (s.upstream.clone(), obj.clone());
+                tokio::spawn(async move { u.read(&o, i..i + len, Purpose::New).await })
+            })
+            .collect();
+        async move {
+            for r in reads {
+                r.await.expect("join").expect("read");
+            }
+        }
+    };
+    for _ in 0..3 {
+        wave(300, 1).await;
+    }
+    slow.store(true, std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..3 {
+        wave(300, 1).await;
+    }
+    slow.store(false, std::sync::atomic::Ordering::Relaxed);
+    let congested = s.upstream.scheduler().concurrency_limit();
+    let t0 = tokio::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        wave(200, 300 << 10).await;
+    }
+    let after = s.upstream.scheduler().concurrency_limit();
+    assert!(
+        after as f64 >= congested as f64 * 0.5,
+        "limit {after} (was {congested} after the slow window): 3 s of large reads at the usual latency"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn lognormal_latency_alone_does_not_shrink_the_concurrency_limit() {
     // B2's latency is lognormal (sigma ~0.3): a third of its answers take three times its fastest. That is its
     // usual, not congestion: after one real overload answer (a 503), the limit must not keep shrinking on
