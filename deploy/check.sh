@@ -40,9 +40,11 @@ else
 fi
 
 if command -v promtool >/dev/null 2>&1; then
+  # The config check also checks the rule files it loads (alerts.yml); then the rules' unit tests.
   promtool check config prometheus.yml
+  promtool test rules alerts_test.yml
 else
-  echo "promtool not found: prometheus.yml check skipped"
+  echo "promtool not found: prometheus.yml and alerts.yml checks skipped"
 fi
 
 if command -v haproxy >/dev/null 2>&1; then

@@ -1,13 +1,15 @@
 //! Prometheus metrics of the shim (prefix `b2fs_shim_`), and the optional `--metrics ADDR` endpoint.
 //!
 //! The counters are always kept (an atomic add per read is free next to an HTTP round trip); the endpoint
-//! only exists when asked for. It answers `GET /metrics` in the Prometheus text format.
+//! only exists when asked for. It answers `GET /metrics` in the Prometheus text format, with the `process_*`
+//! series of the prometheus crate's process collector and `b2fs_shim_build_info` beside the shim's own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// All metrics of one shim process.
@@ -77,6 +79,21 @@ impl Metrics {
         registry.register(Box::new(tree_files.clone()))?;
         registry.register(Box::new(tree_refreshes.clone()))?;
         registry.register(Box::new(tree_last_success.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "b2fs_shim_build_info",
+                "Always 1; the labels say which build runs (version, git commit)",
+            ),
+            &["version", "commit"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("B2FS_GIT_COMMIT")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
             registry,
             reads,
@@ -157,5 +174,8 @@ mod tests {
         assert!(text.contains("b2fs_shim_read_bytes_total 8191"));
         assert!(text.contains("b2fs_shim_read_errors_total{errno=\"EIO\"} 1"));
         assert!(text.contains("b2fs_shim_read_duration_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("b2fs_shim_build_info{commit=\""), "{text}");
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
     }
 }

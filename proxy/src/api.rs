@@ -5,6 +5,10 @@
 //! stream aborts the connection: the client sees a short body, never wrong bytes. Every body chunk is paid for
 //! from the process-wide [`ResponseBudget`] before it is fetched or built (see [`crate::limits`]), listings
 //! included: `GET /files` is paged (`limit`, `start_after`) and streamed from a shared snapshot of the catalog.
+//!
+//! Each `/files/{name}` request is counted once, when it ends ([`Observation`]): a streamed body carries its
+//! count to the last chunk, so its outcome is the slowest tier any chunk needed and its duration covers the
+//! whole body; a request dropped first (the client went away) is `cancelled`.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -364,6 +368,37 @@ async fn healthz(State(state): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// Counts one request once however it ends: with the outcome it is given, or `cancelled` when it is dropped
+/// first (the client closed the connection while the answer was being fetched or streamed).
+struct Observation {
+    metrics: Arc<Metrics>,
+    route: &'static str,
+    start: Instant,
+    outcome: Option<&'static str>,
+}
+
+impl Observation {
+    fn new(metrics: Arc<Metrics>, route: &'static str) -> Self {
+        Self {
+            metrics,
+            route,
+            start: Instant::now(),
+            outcome: None,
+        }
+    }
+
+    fn finish(mut self, outcome: &'static str) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for Observation {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or("cancelled");
+        observe(&self.metrics, self.route, outcome, self.start);
+    }
+}
+
 fn observe(m: &Metrics, route: &str, outcome: &str, start: Instant) {
     m.requests.with_label_values(&[route, outcome]).inc();
     m.request_duration
@@ -420,13 +455,13 @@ async fn get_file(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    let start = Instant::now();
+    let obs = Observation::new(state.metrics.clone(), "file");
     let Some(obj) = state.catalog.get(&name) else {
-        observe(&state.metrics, "file", "not_found", start);
+        obs.finish("not_found");
         return text(StatusCode::NOT_FOUND, not_found_message(&name));
     };
     if headers.get_all(header::RANGE).iter().nth(1).is_some() {
-        observe(&state.metrics, "file", "bad_request", start);
+        obs.finish("bad_request");
         return text(
             StatusCode::BAD_REQUEST,
             "more than one Range header (send one, with one range)",
@@ -436,7 +471,7 @@ async fn get_file(
         None => None,
         Some(Ok(v)) => Some(v),
         Some(Err(_)) => {
-            observe(&state.metrics, "file", "bad_request", start);
+            obs.finish("bad_request");
             return text(StatusCode::BAD_REQUEST, "malformed Range header: not ASCII");
         }
     };
@@ -444,7 +479,7 @@ async fn get_file(
         Ok(Some(r)) => (StatusCode::PARTIAL_CONTENT, r),
         Ok(None) => (StatusCode::OK, 0..obj.size),
         Err(RangeError::Unsatisfiable) => {
-            observe(&state.metrics, "file", "unsatisfiable", start);
+            obs.finish("unsatisfiable");
             let mut r = text(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 format!("range not satisfiable: {name} has {} bytes", obj.size),
@@ -455,11 +490,11 @@ async fn get_file(
             return r;
         }
         Err(e @ RangeError::Multiple) => {
-            observe(&state.metrics, "file", "unsatisfiable", start);
+            obs.finish("unsatisfiable");
             return text(StatusCode::RANGE_NOT_SATISFIABLE, e.to_string());
         }
         Err(e) => {
-            observe(&state.metrics, "file", "bad_request", start);
+            obs.finish("bad_request");
             return text(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
@@ -476,7 +511,7 @@ async fn get_file(
         hdrs.insert(header::CONTENT_RANGE, v);
     }
     if method == Method::HEAD || len == 0 {
-        observe(&state.metrics, "file", "none", start);
+        obs.finish("none");
         return (status, hdrs, Body::empty()).into_response();
     }
     let first_end = if len <= SINGLE_SHOT {
@@ -492,7 +527,7 @@ async fn get_file(
         state.budget.reserve_stream(want).await
     };
     let Some(reservation) = reserved else {
-        observe(&state.metrics, "file", "busy", start);
+        obs.finish("busy");
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy: server.max_response_buffer is taken by other responses; retry",
@@ -502,26 +537,31 @@ async fn get_file(
         return match state.fetcher.read(&obj, range).await {
             Ok((bytes, outcome)) => {
                 state.metrics.bytes_served.inc_by(bytes.len() as u64);
-                observe(&state.metrics, "file", outcome.label(), start);
+                obs.finish(outcome.label());
                 (status, hdrs, Body::from(reservation.attach(bytes))).into_response()
             }
             Err(e) => {
-                observe(&state.metrics, "file", "error", start);
+                obs.finish("error");
                 fetch_error_response(&e)
             }
         };
     }
     // Large: fetch the first chunk before answering, so an upstream failure still gets a clean 5xx.
-    let first = match state.fetcher.read(&obj, range.start..first_end).await {
-        Ok((bytes, _)) => reservation.attach(bytes),
+    let (first, outcome) = match state.fetcher.read(&obj, range.start..first_end).await {
+        Ok((bytes, outcome)) => (reservation.attach(bytes), outcome),
         Err(e) => {
-            observe(&state.metrics, "file", "error", start);
+            obs.finish("error");
             return fetch_error_response(&e);
         }
     };
-    observe(&state.metrics, "file", Outcome::Miss.label(), start);
     state.metrics.bytes_served.inc_by(first.len() as u64);
-    let body = stream_body(state.clone(), obj, first_end..range.end, first);
+    let body = stream_body(
+        state.clone(),
+        obj,
+        first_end..range.end,
+        first,
+        Streamed { obs, outcome },
+    );
     (status, hdrs, body).into_response()
 }
 
@@ -541,38 +581,57 @@ fn chunk_end(pos: u64, end: u64) -> u64 {
     ((pos / STREAM_CHUNK + 1) * STREAM_CHUNK).min(end)
 }
 
+/// A streamed response's count: carried by the body to its end, so the outcome is the slowest tier any chunk
+/// needed and the duration runs to the last chunk.
+struct Streamed {
+    obs: Observation,
+    outcome: Outcome,
+}
+
 fn stream_body(
     state: AppState,
     obj: Arc<ObjectInfo>,
     rest: Range<u64>,
     first: bytes::Bytes,
+    counted: Streamed,
 ) -> Body {
     let head = futures::stream::once(async move { Ok::<_, std::io::Error>(first) });
-    let tail = futures::stream::unfold(rest.start, move |pos| {
+    // The state carries the count; dropped with it when the client goes away first (`cancelled`).
+    let tail = futures::stream::unfold((rest.start, Some(counted)), move |(pos, counted)| {
         let state = state.clone();
         let obj = obj.clone();
         let end = rest.end;
         async move {
+            let mut counted = counted?;
             if pos >= end {
                 return None;
             }
             let next = chunk_end(pos, end);
             let Some(reservation) = state.budget.reserve_stream((next - pos) as usize).await else {
                 tracing::warn!(file = %obj.name, pos, "response buffer budget exhausted; aborting a stream");
+                counted.obs.finish("error");
                 return Some((
                     Err(std::io::Error::other("response buffer budget exhausted")),
-                    end,
+                    (end, None),
                 ));
             };
             match state.fetcher.read(&obj, pos..next).await {
-                Ok((bytes, _)) => {
+                Ok((bytes, outcome)) => {
                     state.metrics.bytes_served.inc_by(bytes.len() as u64);
-                    Some((Ok(reservation.attach(bytes)), next))
+                    counted.outcome = counted.outcome.max(outcome);
+                    if next >= end {
+                        // The last chunk: counted as it is handed to the connection.
+                        let Streamed { obs, outcome } = counted;
+                        obs.finish(outcome.label());
+                        return Some((Ok(reservation.attach(bytes)), (next, None)));
+                    }
+                    Some((Ok(reservation.attach(bytes)), (next, Some(counted))))
                 }
                 Err(e) => {
                     tracing::warn!(file = %obj.name, pos, error = %e, "aborting streamed response");
+                    counted.obs.finish("error");
                     // Ending the stream with an error makes hyper abort the connection mid-body.
-                    Some((Err(std::io::Error::other(e.report())), end))
+                    Some((Err(std::io::Error::other(e.report())), (end, None)))
                 }
             }
         }

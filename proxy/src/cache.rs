@@ -248,6 +248,9 @@ impl FoyerCache {
         disk::register(&health);
         match open_disk(settings, &registry).await {
             Ok((inner, files)) => {
+                metrics
+                    .cache_disk_capacity_bytes
+                    .set(i64::try_from(settings.disk_bytes).unwrap_or(i64::MAX));
                 let probe = disk::spawn_probe(Arc::downgrade(&health), files);
                 let region = region_size(settings.disk_bytes);
                 Ok(Self {

@@ -1,11 +1,13 @@
 //! Prometheus metrics: one registry per proxy, every name prefixed `b2proxy_`.
 //!
 //! The struct holds typed handles so the hot path increments a counter without a name lookup. The Grafana
-//! dashboard queries only names defined here (a test checks that).
+//! dashboard and `deploy/alerts.yml` query only names defined here, foyer's `foyer_*` series and the
+//! `process_*` series of the prometheus crate's process collector (tests check that, and that README lists
+//! every `b2proxy_` name).
 
 use prometheus::{
     Counter, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Class B transaction (download) price in dollars, before the daily free allowance.
@@ -43,7 +45,7 @@ pub struct Metrics {
     pub send_timeouts: IntCounter,
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
-    pub upstream_bytes: IntCounter,
+    pub upstream_bytes: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub upstream_inflight: IntGauge,
     pub upstream_circuit_state: IntGauge,
@@ -63,10 +65,12 @@ pub struct Metrics {
     pub b2_transactions: IntCounterVec,
     pub b2_cost: Counter,
     pub cache_memory_bytes: IntGauge,
+    pub cache_disk_capacity_bytes: IntGauge,
     pub catalog_files: IntGauge,
     pub catalog_last_refresh: Gauge,
     pub catalog_refresh_errors: IntCounter,
     pub fetch_errors: IntCounterVec,
+    pub build_info: IntGaugeVec,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -112,6 +116,16 @@ fn histogram_vec(
     )?;
     reg.register(Box::new(h.clone()))?;
     Ok(h)
+}
+
+/// Adds the `process_*` series (CPU seconds, resident and virtual memory, open and max file descriptors,
+/// start time, threads) of this process: what a farmer checks first when a proxy misbehaves.
+fn with_process_collector(r: Registry) -> prometheus::Result<Registry> {
+    #[cfg(target_os = "linux")]
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    Ok(r)
 }
 
 impl Metrics {
@@ -198,10 +212,12 @@ impl Metrics {
                 "Upstream request latency to the last byte, by operation",
                 &["op"],
             )?,
-            upstream_bytes: counter(
+            upstream_bytes: counter_vec(
                 &r,
                 "upstream_bytes_total",
-                "Body bytes received from upstream",
+                "Body bytes of successful (2xx) upstream answers by operation, counted as they arrive \
+                 (a body cut short counts what arrived; error bodies are not counted)",
+                &["op"],
             )?,
             upstream_retries: counter_vec(
                 &r,
@@ -304,6 +320,11 @@ impl Metrics {
                 "cache_memory_bytes",
                 "Bytes held by the memory tier (data plus per-entry overhead)",
             )?,
+            cache_disk_capacity_bytes: int_gauge(
+                &r,
+                "cache_disk_capacity_bytes",
+                "Size of the disk tier (cache.disk; 0 without one, or when it could not be set up)",
+            )?,
             catalog_files: int_gauge(&r, "catalog_files", "Files in the catalog")?,
             catalog_last_refresh: gauge(
                 &r,
@@ -321,7 +342,21 @@ impl Metrics {
                 "Upstream reads that failed, by reason: the last attempt's cause, or `deadline` (fetch.read_deadline passed), or `circuit_open` (failed fast)",
                 &["reason"],
             )?,
-            registry: r,
+            build_info: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "build_info",
+                        "Always 1; the labels say which build runs (version, git commit)",
+                    )
+                    .namespace("b2proxy"),
+                    &["version", "commit"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("B2FS_GIT_COMMIT")])
+                    .set(1);
+                g
+            },
+            registry: with_process_collector(r)?,
         }
         .with_known_labels())
     }
@@ -356,6 +391,7 @@ impl Metrics {
             self.upstream_requests
                 .with_label_values(&["download", outcome]);
         }
+        self.upstream_bytes.with_label_values(&["download"]);
         for reason in [
             "timeout",
             "connect",
@@ -380,7 +416,7 @@ impl Metrics {
         ] {
             self.cache_errors.with_label_values(&[kind]);
         }
-        for outcome in ["hit_memory", "hit_disk", "miss", "error"] {
+        for outcome in ["hit_memory", "hit_disk", "miss", "error", "cancelled"] {
             self.requests.with_label_values(&["file", outcome]);
             self.request_duration.with_label_values(&["file", outcome]);
         }
@@ -404,5 +440,45 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// README's metrics table is the users' reference: every family the proxy exports is in it.
+    #[test]
+    fn readme_lists_every_metric() {
+        let readme = include_str!("../../README.md");
+        let m = Metrics::new().expect("metrics");
+        let missing: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .filter(|n| n.starts_with("b2proxy_") && !readme.contains(&format!("`{n}`")))
+            .collect();
+        assert!(missing.is_empty(), "README does not list {missing:?}");
+    }
+
+    #[test]
+    fn build_info_and_process_series_are_exported() {
+        let text = Metrics::new().expect("metrics").render();
+        let want = format!(
+            "b2proxy_build_info{{commit=\"{}\",version=\"{}\"}} 1",
+            env!("B2FS_GIT_COMMIT"),
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&want), "{text}");
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(name), "no {name}in {text}");
+        }
     }
 }

@@ -476,3 +476,92 @@ async fn bad_credentials_are_reported_not_retried_forever() {
     assert!(!reason.contains("wrong-key"), "secret leaked: {reason}");
     proxy.shutdown().await;
 }
+
+/// Reads over 1 MiB are streamed chunk by chunk: each is counted once, when it ends, with the slowest tier any
+/// chunk needed (a re-read from memory is `hit_memory`, not `miss`), timed to its last chunk, and `cancelled`
+/// when the client goes away first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streamed_reads_are_counted_when_they_end() {
+    let env = start(builder(), |_| {}).await;
+    let requests =
+        |outcome: &str| format!("b2proxy_requests_total{{outcome=\"{outcome}\",route=\"file\"}}");
+    const MIB: u64 = 1 << 20;
+
+    // 4 MiB cold, then again from memory.
+    env.assert_range("plots/big.plot", 1 << 30, (1 << 30) + 4 * MIB)
+        .await;
+    assert_eq!(env.metric(&requests("miss")).await, 1.0);
+    env.assert_range("plots/big.plot", 1 << 30, (1 << 30) + 4 * MIB)
+        .await;
+    assert_eq!(env.metric(&requests("hit_memory")).await, 1.0);
+    assert_eq!(env.metric(&requests("miss")).await, 1.0);
+
+    // 64 MiB read by a client that pauses after the first chunk: far more than the loopback socket buffers
+    // hold, so the proxy cannot reach the last chunk during the pause, and the request is not counted yet.
+    let pause = Duration::from_millis(1500);
+    let start_at = 10u64 << 30;
+    let mut r = env
+        .http
+        .get(env.url("plots/big.plot"))
+        .header(
+            "Range",
+            format!("bytes={start_at}-{}", start_at + 64 * MIB - 1),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 206);
+    let mut got = r
+        .chunk()
+        .await
+        .expect("first chunk")
+        .expect("a chunk")
+        .len() as u64;
+    tokio::time::sleep(pause).await;
+    assert_eq!(
+        env.metric(&requests("miss")).await,
+        1.0,
+        "counted before its end"
+    );
+    while let Some(chunk) = r.chunk().await.expect("body") {
+        got += chunk.len() as u64;
+    }
+    assert_eq!(got, 64 * MIB);
+    assert_eq!(env.metric(&requests("miss")).await, 2.0);
+    let timed = env
+        .metric("b2proxy_request_duration_seconds_sum{outcome=\"miss\",route=\"file\"}")
+        .await;
+    assert!(
+        timed >= pause.as_secs_f64(),
+        "streamed reads timed {timed} s in all, the second paused {pause:?} mid-body"
+    );
+
+    // A client that goes away after the first chunk: `cancelled`, once.
+    let mut r = env
+        .http
+        .get(env.url("plots/big.plot"))
+        .header("Range", format!("bytes=0-{}", 64 * MIB - 1))
+        .send()
+        .await
+        .expect("request");
+    r.chunk().await.expect("first chunk");
+    drop(r);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.metric(&requests("cancelled")).await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "an abandoned stream was not counted as cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(env.metric(&requests("cancelled")).await, 1.0);
+    assert_eq!(env.metric(&requests("miss")).await, 2.0);
+    // Its buffered chunk is given back with the connection.
+    while env.metric("b2proxy_response_buffer_bytes").await != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "an abandoned stream kept its response buffer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

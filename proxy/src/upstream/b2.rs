@@ -404,8 +404,14 @@ impl B2Source {
                 .unwrap_or(0)
                 .min(max_body);
             let mut body = BytesMut::with_capacity(hint);
+            // Data bytes only: B2 bills them, and the emulator's own byte count is the same set.
+            let data = (200..300)
+                .contains(&status)
+                .then(|| self.metrics.upstream_bytes.with_label_values(&[op]));
             while let Some(chunk) = resp.chunk().await.map_err(UpstreamError::body)? {
-                self.metrics.upstream_bytes.inc_by(chunk.len() as u64);
+                if let Some(c) = &data {
+                    c.inc_by(chunk.len() as u64);
+                }
                 if body.len() + chunk.len() > max_body {
                     return Err(UpstreamError::BadResponse(format!(
                         "{op} answer longer than the {max_body} bytes asked for"
