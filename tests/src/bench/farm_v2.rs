@@ -17,6 +17,12 @@
 //! (no proxy, no mount) with the header and index taken as held by a perfect cache, i.e. the 4 body reads only.
 //! `--catalog-only` runs the catalog phase alone (the 1,000,000-file pass).
 //!
+//! `--proxies N` runs N proxy processes behind a real HAProxy (the shipped `deploy/haproxy.cfg`), each with 1/N
+//! of the cache and the upstream rate limit off, and adds a capacity phase after the loop (every plot looked
+//! up at once, so the harvesters' threads run back to back: lookups per second and p99 at saturation); a list
+//! (`--proxies 1,3`) runs one pass per count in the same run, compared side by side ([`scaling_markdown`]).
+//! The proxy restart is measured with one proxy only.
+//!
 //! Index refetches are counted by the emulator: every download touching the watched tail of a file (the index
 //! or offset table) after warm-up is one.
 
@@ -204,6 +210,9 @@ pub fn plot_name(i: usize) -> String {
 }
 
 pub const PREFIX: &str = "farm-v2/plot-";
+
+/// The phase that queues every plot's full lookup at once (with `--proxies`).
+pub const CAPACITY: &str = "capacity (every plot at once)";
 
 /// How a phase's lookups are made.
 #[derive(Clone)]
@@ -601,6 +610,9 @@ pub struct FarmV2Report {
     pub cache_memory: u64,
     pub cache_disk: u64,
     pub block_size: u64,
+    /// Proxies (behind HAProxy when `haproxy`), sharing `cache_memory` and `cache_disk` evenly.
+    pub proxies: usize,
+    pub haproxy: bool,
     pub catalog: V2Catalog,
     pub starts: Vec<V2Start>,
     pub phases: Vec<V2Phase>,
@@ -796,6 +808,8 @@ pub struct V2Plan {
     pub after_restart: Duration,
     pub memory: ByteSize,
     pub disk: Option<ByteSize>,
+    /// Proxies behind HAProxy (`--proxies`); `None`: one proxy, no HAProxy.
+    pub proxies: Option<usize>,
 }
 
 /// Runs a farm-v2 pass.
@@ -837,20 +851,35 @@ pub async fn run(ctx: &Ctx, plan: &V2Plan) -> anyhow::Result<FarmV2Report> {
         cache_memory: settings.memory.as_u64(),
         cache_disk: settings.disk.as_u64(),
         block_size: block,
+        proxies: plan.proxies.unwrap_or(1),
+        haproxy: plan.proxies.is_some(),
         ..FarmV2Report::default()
     };
     progress(format!(
-        "farm-v2 ({}): {} plots, catalog load",
+        "farm-v2 ({}): {} plots, {}, catalog load",
         farm.shape.name(),
-        farm.plots
+        farm.plots,
+        match plan.proxies {
+            Some(n) => format!("{n} proxies behind HAProxy"),
+            None => "one proxy".into(),
+        }
     ));
-    let mut stack = ctx
-        .stack(
-            ctx.emulator(&ctx.model)
-                .virtual_files(PREFIX, farm.plots, PLOT_SIZE),
-            &settings,
-        )
-        .await?;
+    let builder = ctx
+        .emulator(&ctx.model)
+        .virtual_files(PREFIX, farm.plots, PLOT_SIZE);
+    let mut stack = match plan.proxies {
+        Some(n) => Stack::start_behind_haproxy(builder, &settings, n, &ctx.bins).await?,
+        None => ctx.stack(builder, &settings).await?,
+    };
+    if let Some(n) = plan.proxies {
+        rep.notes.push(format!(
+            "{n} b2-proxy process(es) behind HAProxy (deploy/haproxy.cfg), each with cache.memory {} and \
+             cache.disk {} (1/{n} of the totals above) and fetch.max_requests_per_second = 0; proxy RSS is \
+             their sum; HAProxy's own CPU and memory are not counted",
+            mib(settings.memory.as_u64() / n as u64),
+            mib(settings.disk.as_u64() / n as u64),
+        ));
+    }
     stack.emu.watch(HEADER_WATCH, farm.shape.tail_len());
     let list_calls = stack.emu.stats().requests.list_file_names;
     rep.catalog = V2Catalog {
@@ -1002,6 +1031,24 @@ async fn phases(
     .await;
     rep.phases.push(p);
 
+    // Capacity: every plot looked up at once, so each harvester's threads run lookups back to back.
+    if plan.proxies.is_some() {
+        progress(format!(
+            "farm-v2: capacity, {} lookups queued at once",
+            farm.plots
+        ));
+        let sps = farm.everything(ids(1));
+        let p = measured(
+            CAPACITY,
+            &emu,
+            Some(&*stack),
+            &pids(mounts),
+            run_phase(farm, &infos, &sps, &mode),
+        )
+        .await;
+        rep.phases.push(p);
+    }
+
     // The baseline: the same lookups straight to the emulator.
     progress("farm-v2: baseline, the loop's lookups straight to the emulator");
     let client = super::stack::http_client()?;
@@ -1043,6 +1090,11 @@ async fn phases(
     rep.phases.push(p);
 
     // Proxy restart on the same disk tier, then a signage-point loop.
+    if stack.behind_haproxy() {
+        rep.notes
+            .push("proxy restart skipped: it is measured with one proxy, without --proxies".into());
+        return Ok(());
+    }
     if stack.proxy_pid().is_none() {
         rep.notes
             .push("proxy restart skipped: it needs --proxy process".into());
@@ -1131,13 +1183,18 @@ pub fn markdown(r: &FarmV2Report, o: &mut String) {
     use std::fmt::Write as _;
     let _ = writeln!(
         o,
-        "\n### Farm v2: {} shape, {} plots{}\n",
+        "\n### Farm v2: {} shape, {} plots{}{}\n",
         r.shape,
         r.plots,
         if r.catalog_only {
             " (catalog only)"
         } else {
             ""
+        },
+        if r.haproxy {
+            format!(", {} proxies behind HAProxy", r.proxies)
+        } else {
+            String::new()
         }
     );
     if !r.catalog_only {
@@ -1474,6 +1531,104 @@ pub fn targets(r: &FarmV2Report) -> Vec<Target> {
         ));
     }
     t
+}
+
+/// A `--proxies` pass's capacity phase: proxies, lookups per second, lookup times.
+fn capacity(r: &FarmV2Report) -> Option<(usize, f64, Dist)> {
+    let p = r.phase(CAPACITY)?;
+    let d = p.lookup?;
+    (p.wall_s > 0.0).then(|| (r.proxies, (p.lookups - p.failed) as f64 / p.wall_s, d))
+}
+
+/// The machine the bench runs on: CPUs the process may use and their model.
+pub fn cpu_note() -> String {
+    let n = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown model".into());
+    format!("{n} CPU(s), {model}")
+}
+
+/// The `--proxies` passes side by side: capacity (lookups per second and latency at saturation) and the
+/// signage-point loop, with each pass's ratio to the first (fewest proxies).
+pub fn scaling_markdown(rs: &[FarmV2Report], o: &mut String) {
+    use std::fmt::Write as _;
+    let rows: Vec<(&FarmV2Report, (usize, f64, Dist))> = rs
+        .iter()
+        .filter(|r| r.haproxy && !r.catalog_only)
+        .filter_map(|r| Some((r, capacity(r)?)))
+        .collect();
+    let Some((_, (_, base_rate, base_d))) = rows.first().copied() else {
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "\n### Farm v2: proxies behind HAProxy, side by side\n\n\
+         | proxies | capacity lookups | lookups/s | x first | lookup p50 / p99 / max | p99 x first | upstream req / lookup | peak upstream | loop lookup p50 / p99 / max | failed |\n\
+         | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: |"
+    );
+    for (r, (n, rate, d)) in &rows {
+        let cap = r.phase(CAPACITY);
+        let sp = r.phase("signage-point loop");
+        let failed: usize = r.phases.iter().map(|p| p.failed).sum();
+        let _ = writeln!(
+            o,
+            "| {n} | {} | {rate:.1} | {:.2} | {} | {:.2} | {:.2} | {} | {} | {failed} |",
+            cap.map_or(0, |p| p.lookups),
+            rate / base_rate,
+            d3(&Some(*d)),
+            d.p99_ms / base_d.p99_ms,
+            cap.map_or(0.0, |p| p.requests_per_lookup),
+            cap.map_or(0, |p| p.peak_upstream),
+            d3(&sp.and_then(|p| p.lookup)),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n- same total cache split evenly, upstream rate limit off; capacity queues every plot's lookup at \
+         once (each harvester runs its threads back to back); machine: {}",
+        cpu_note()
+    );
+}
+
+/// Issue 12's scaling target over the `--proxies` passes of one run: 3 proxies (the most run) carry 2.5 x
+/// the lookup rate of 1 at the same p99.
+pub fn scaling_targets(rs: &[FarmV2Report]) -> Vec<Target> {
+    let caps: Vec<(usize, f64, Dist)> = rs
+        .iter()
+        .filter(|r| r.haproxy && !r.catalog_only)
+        .filter_map(capacity)
+        .collect();
+    let (Some(one), Some(most)) = (
+        caps.iter().find(|c| c.0 == 1),
+        caps.iter().max_by_key(|c| c.0),
+    ) else {
+        return Vec::new();
+    };
+    if most.0 <= 1 {
+        return Vec::new();
+    }
+    let ratio = most.1 / one.1;
+    let p99 = most.2.p99_ms / one.2.p99_ms;
+    vec![met(
+        format!("farm-v2: {} proxies vs 1 behind HAProxy, capacity", most.0),
+        ">= 2.5 x the lookups/s at the same p99 (<= 1.1 x)",
+        format!(
+            "{:.1} vs {:.1} lookups/s = {ratio:.2} x; p99 {:.0} vs {:.0} ms = {p99:.2} x ({})",
+            most.1,
+            one.1,
+            most.2.p99_ms,
+            one.2.p99_ms,
+            cpu_note()
+        ),
+        Some(ratio >= 2.5 && p99 <= 1.1),
+    )]
 }
 
 #[cfg(test)]
