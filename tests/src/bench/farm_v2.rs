@@ -561,6 +561,11 @@ pub struct V2Phase {
     pub disk_tier_used_bytes: Option<f64>,
     pub dropped_disk_writes: Option<f64>,
     pub disk_rewritten_blocks: Option<f64>,
+    /// CPU seconds the proxy processes (together) and HAProxy used during the phase.
+    pub proxy_cpu_s: Option<f64>,
+    pub haproxy_cpu_s: Option<f64>,
+    /// Share of the machine's CPU time busy during the phase (every process, other users' too).
+    pub machine_busy: Option<f64>,
     pub errors: Vec<String>,
 }
 
@@ -693,9 +698,17 @@ async fn measured(
 ) -> V2Phase {
     emu.reset_stats();
     let sampler = RateSampler::start(emu);
+    let cpu0 = stack.map(Stack::cpu_seconds);
+    let machine0 = super::stack::machine_cpu_ticks();
     let t = Instant::now();
     let run = fut.await;
     let wall = t.elapsed();
+    let cpu1 = stack.map(Stack::cpu_seconds);
+    let machine = match (machine0, super::stack::machine_cpu_ticks()) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some((b1 - b0) as f64 / (t1 - t0) as f64),
+        _ => None,
+    };
+    let spent = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
     let mut peak_rate = sampler.finish().await;
     let stats = emu.stats();
     let requests = Stack::downloads(&stats);
@@ -734,12 +747,19 @@ async fn measured(
         errors: run.errors,
         ..V2Phase::default()
     };
+    p.machine_busy = machine;
+    if let (Some((p0, l0)), Some((p1, l1))) = (cpu0, cpu1) {
+        p.proxy_cpu_s = spent(p0, p1);
+        p.haproxy_cpu_s = spent(l0, l1);
+    }
     if let Some(stack) = stack {
         p.proxy_rss = stack.proxy_rss().map(|r| r.bytes);
-        let m = stack.metrics().await;
+        let each = stack.metrics_each().await;
+        // Per proxy, then summed: a disk tier's used bytes are its blocks times its own block size.
+        p.disk_tier_used_bytes = each.iter().map(|m| disk_used(m)).sum();
+        let m: Vec<(String, f64)> = each.into_iter().flatten().collect();
         p.memory_tier_bytes = metric_sum(&m, "b2proxy_cache_memory_bytes", None)
             .or_else(|| metric_sum(&m, "foyer_memory_usage", None));
-        p.disk_tier_used_bytes = disk_used(&m);
         p.dropped_disk_writes = dropped_writes(&m);
         p.disk_rewritten_blocks = metric_sum(&m, "b2proxy_cache_disk_rewritten_blocks_total", None);
     }
@@ -1570,8 +1590,8 @@ pub fn scaling_markdown(rs: &[FarmV2Report], o: &mut String) {
     let _ = writeln!(
         o,
         "\n### Farm v2: proxies behind HAProxy, side by side\n\n\
-         | proxies | capacity lookups | lookups/s | x first | lookup p50 / p99 / max | p99 x first | upstream req / lookup | peak upstream | loop lookup p50 / p99 / max | failed |\n\
-         | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: |"
+         | proxies | capacity lookups | lookups/s | x first | lookup p50 / p99 / max | p99 x first | upstream req / lookup | peak upstream | proxy CPU | HAProxy CPU | machine busy | loop lookup p50 / p99 / max | failed |\n\
+         | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
     );
     for (r, (n, rate, d)) in &rows {
         let cap = r.phase(CAPACITY);
@@ -1579,20 +1599,28 @@ pub fn scaling_markdown(rs: &[FarmV2Report], o: &mut String) {
         let failed: usize = r.phases.iter().map(|p| p.failed).sum();
         let _ = writeln!(
             o,
-            "| {n} | {} | {rate:.1} | {:.2} | {} | {:.2} | {:.2} | {} | {} | {failed} |",
+            "| {n} | {} | {rate:.1} | {:.2} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {failed} |",
             cap.map_or(0, |p| p.lookups),
             rate / base_rate,
             d3(&Some(*d)),
             d.p99_ms / base_d.p99_ms,
             cap.map_or(0.0, |p| p.requests_per_lookup),
             cap.map_or(0, |p| p.peak_upstream),
+            cap.and_then(|p| p.proxy_cpu_s)
+                .map_or("-".into(), |c| format!("{c:.1} s")),
+            cap.and_then(|p| p.haproxy_cpu_s)
+                .map_or("-".into(), |c| format!("{c:.1} s")),
+            cap.and_then(|p| p.machine_busy)
+                .map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
             d3(&sp.and_then(|p| p.lookup)),
         );
     }
     let _ = writeln!(
         o,
         "\n- same total cache split evenly, upstream rate limit off; capacity queues every plot's lookup at \
-         once (each harvester runs its threads back to back); machine: {}",
+         once (each harvester runs its threads back to back); proxy and HAProxy CPU are the seconds their \
+         processes used during the capacity phase, machine busy the share of all CPUs busy then (the bench, \
+         emulator and shims included, and anything else running on the machine); machine: {}",
         cpu_note()
     );
 }

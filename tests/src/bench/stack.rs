@@ -76,6 +76,34 @@ pub fn rss_of(pid: u32) -> Option<u64> {
     rss_from_status(&text)
 }
 
+/// CPU time (user + system) a process has used, from `/proc/PID/stat`.
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count fields after its end.
+    let rest = text.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the name.
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks / hz as f64)
+}
+
+/// The machine's CPU time so far from `/proc/stat`: (busy, total) in clock ticks over all CPUs.
+pub fn machine_cpu_ticks() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
 /// Resident memory of the bench process itself.
 pub fn own_rss() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -495,6 +523,11 @@ impl Stack {
     /// Every proxy's whole `/metrics` text as (sample name with labels, value) pairs, asked directly (not
     /// through HAProxy), one after the other; unreadable ones are left out.
     pub async fn metrics(&self) -> Vec<(String, f64)> {
+        self.metrics_each().await.into_iter().flatten().collect()
+    }
+
+    /// [`Stack::metrics`] of each proxy apart (for values that do not add up, like a block size).
+    pub async fn metrics_each(&self) -> Vec<Vec<(String, f64)>> {
         let mut out = Vec::new();
         for base in self.proxy_bases() {
             let Ok(resp) = self.http.get(format!("{base}/metrics")).send().await else {
@@ -503,16 +536,33 @@ impl Stack {
             let Ok(text) = resp.text().await else {
                 continue;
             };
-            out.extend(
+            out.push(
                 text.lines()
                     .filter(|l| !l.starts_with('#'))
                     .filter_map(|l| {
                         let (name, v) = l.rsplit_once(' ')?;
                         Some((name.to_string(), v.parse().ok()?))
-                    }),
+                    })
+                    .collect(),
             );
         }
         out
+    }
+
+    /// CPU time (user + system) used so far by the proxy processes, and by HAProxy when there is one.
+    pub fn cpu_seconds(&self) -> (Option<f64>, Option<f64>) {
+        let mut pids: Vec<u32> = self.proxy_pid().into_iter().collect();
+        pids.extend(self.more.iter().filter_map(|(h, _)| match h {
+            ProxyHandle::Process { child, .. } => Some(child.id()),
+            ProxyHandle::Inproc(_) => None,
+        }));
+        let proxies = pids.iter().map(|p| cpu_seconds_of(*p)).sum::<Option<f64>>();
+        let lb = self
+            .lb
+            .as_ref()
+            .and_then(|l| l.pid())
+            .and_then(cpu_seconds_of);
+        (proxies, lb)
     }
 
     /// Upstream download requests so far (by id and by name).
@@ -633,6 +683,14 @@ mod tests {
         let s = "Name:\tx\nVmPeak:\t  100 kB\nVmRSS:\t    2048 kB\n";
         assert_eq!(rss_from_status(s), Some(2 << 20));
         assert_eq!(rss_from_status("Name: x\n"), None);
+    }
+
+    #[test]
+    fn cpu_times_read() {
+        let mine = cpu_seconds_of(std::process::id()).expect("own /proc/PID/stat");
+        assert!(mine >= 0.0);
+        let (busy, total) = machine_cpu_ticks().expect("/proc/stat");
+        assert!(busy <= total && total > 0);
     }
 
     #[test]
