@@ -20,8 +20,9 @@ command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
 # `python3 -m venv` for the chiapos venv below (Debian/Ubuntu ship ensurepip in python3-venv).
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
-# Validators for the deployment files (deploy/check.sh).
-command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+# Validators for the deployment files (deploy/check.sh); haproxy also runs in tests/tests/multi_proxy.rs
+# (/usr/sbin is not on every user's PATH).
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # The systemd container test (tests/tests/systemd.rs): systemd-nspawn and a minimal Debian tree.
 command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)

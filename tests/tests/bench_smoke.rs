@@ -1,9 +1,11 @@
 //! Smoke run of the benchmark: `b2fs-bench all --smoke` (built by `cargo test --workspace` next to the test
 //! executables) must run every scenario end to end (emulator, proxy process, FUSE mount, real chiapos and
 //! chia-pos2 provers), exit 0 and print every scenario's table row. Its numbers are not checked: targets
-//! are for the release benchmark (README "Performance"), never asserted in tests.
+//! are for the release benchmark (README "Performance"), never asserted in tests. A second run does the same
+//! for `farm-v2 --proxies 1,2` (proxies behind a real HAProxy).
 //!
-//! Needs what the other end-to-end tests need: /dev/fuse with fusermount3, and the chiapos venv (./test.sh).
+//! Needs what the other end-to-end tests need: /dev/fuse with fusermount3, the chiapos venv and haproxy
+//! (./test.sh).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -88,5 +90,54 @@ fn bench_all_smoke_prints_every_scenario() {
         json["skipped"].as_array().is_some_and(Vec::is_empty),
         "{}",
         json["skipped"]
+    );
+}
+
+/// `farm-v2 --proxies 1,2` in its smoke size: every pass behind a real HAProxy on the shipped config, the
+/// side-by-side table and the scaling target printed (numbers not checked). Needs haproxy (./test.sh).
+#[test]
+fn bench_farm_v2_behind_haproxy_smoke_prints_the_side_by_side_table() {
+    b2fs_tests::haproxy::binary().unwrap_or_else(|e| panic!("{e:#}"));
+    let bench = workspace_binary("b2fs-bench", "B2FS_BENCH_BIN").expect("b2fs-bench binary");
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let stdout_path = out_dir.path().join("stdout.md");
+    let mut child = Command::new(&bench)
+        .args(["farm-v2", "--smoke", "--no-build", "--proxies", "1,2"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn b2fs-bench");
+    let status = match wait_timeout(&mut child, LIMIT).expect("wait") {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("b2fs-bench farm-v2 --proxies did not finish within {LIMIT:?}");
+        }
+    };
+    let stdout = std::fs::read_to_string(&stdout_path).expect("stdout");
+    assert!(
+        status.success(),
+        "b2fs-bench exited with {status}:\n{stdout}"
+    );
+    for heading in [
+        "24 plots, 1 proxies behind HAProxy",
+        "24 plots, 2 proxies behind HAProxy",
+        "### Farm v2: proxies behind HAProxy, side by side",
+    ] {
+        assert!(stdout.contains(heading), "no {heading:?}:\n{stdout}");
+    }
+    for n in [1, 2] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("| {n} | 24 |"))),
+            "no side-by-side row for {n} proxies:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("| farm-v2: 2 proxies vs 1 behind HAProxy, capacity |"),
+        "no scaling target:\n{stdout}"
     );
 }

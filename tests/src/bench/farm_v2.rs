@@ -17,6 +17,12 @@
 //! (no proxy, no mount) with the header and index taken as held by a perfect cache, i.e. the 4 body reads only.
 //! `--catalog-only` runs the catalog phase alone (the 1,000,000-file pass).
 //!
+//! `--proxies N` runs N proxy processes behind a real HAProxy (the shipped `deploy/haproxy.cfg`), each with 1/N
+//! of the cache and the upstream rate limit off, and adds a capacity phase after the loop (every plot looked
+//! up at once, so the harvesters' threads run back to back: lookups per second and p99 at saturation); a list
+//! (`--proxies 1,3`) runs one pass per count in the same run, compared side by side ([`scaling_markdown`]).
+//! The proxy restart is measured with one proxy only.
+//!
 //! Index refetches are counted by the emulator: every download touching the watched tail of a file (the index
 //! or offset table) after warm-up is one.
 
@@ -206,6 +212,9 @@ pub fn plot_name(i: usize) -> String {
 }
 
 pub const PREFIX: &str = "farm-v2/plot-";
+
+/// The phase that queues every plot's full lookup at once (with `--proxies`).
+pub const CAPACITY: &str = "capacity (every plot at once)";
 
 /// How a phase's lookups are made.
 #[derive(Clone)]
@@ -556,6 +565,11 @@ pub struct V2Phase {
     pub disk_tier_used_bytes: Option<f64>,
     pub dropped_disk_writes: Option<f64>,
     pub disk_rewritten_blocks: Option<f64>,
+    /// CPU seconds the proxy processes (together) and HAProxy used during the phase.
+    pub proxy_cpu_s: Option<f64>,
+    pub haproxy_cpu_s: Option<f64>,
+    /// Share of the machine's CPU time busy during the phase (every process, other users' too).
+    pub machine_busy: Option<f64>,
     pub errors: Vec<String>,
 }
 
@@ -609,6 +623,9 @@ pub struct FarmV2Report {
     pub rate_limit_rps: Option<f64>,
     /// The proxy's upstream scheduler settings, as `[fetch]` keys.
     pub schedule: String,
+    /// Proxies (behind HAProxy when `haproxy`), sharing `cache_memory` and `cache_disk` evenly.
+    pub proxies: usize,
+    pub haproxy: bool,
     pub catalog: V2Catalog,
     pub starts: Vec<V2Start>,
     pub phases: Vec<V2Phase>,
@@ -689,9 +706,17 @@ async fn measured(
 ) -> V2Phase {
     emu.reset_stats();
     let sampler = RateSampler::start(emu);
+    let cpu0 = stack.map(Stack::cpu_seconds);
+    let machine0 = super::stack::machine_cpu_ticks();
     let t = Instant::now();
     let run = fut.await;
     let wall = t.elapsed();
+    let cpu1 = stack.map(Stack::cpu_seconds);
+    let machine = match (machine0, super::stack::machine_cpu_ticks()) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some((b1 - b0) as f64 / (t1 - t0) as f64),
+        _ => None,
+    };
+    let spent = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
     let mut peak_rate = sampler.finish().await;
     let stats = emu.stats();
     let requests = Stack::downloads(&stats);
@@ -731,12 +756,19 @@ async fn measured(
         errors: run.errors,
         ..V2Phase::default()
     };
+    p.machine_busy = machine;
+    if let (Some((p0, l0)), Some((p1, l1))) = (cpu0, cpu1) {
+        p.proxy_cpu_s = spent(p0, p1);
+        p.haproxy_cpu_s = spent(l0, l1);
+    }
     if let Some(stack) = stack {
         p.proxy_rss = stack.proxy_rss().map(|r| r.bytes);
-        let m = stack.metrics().await;
+        let each = stack.metrics_each().await;
+        // Per proxy, then summed: a disk tier's used bytes are its blocks times its own block size.
+        p.disk_tier_used_bytes = each.iter().map(|m| disk_used(m)).sum();
+        let m: Vec<(String, f64)> = each.into_iter().flatten().collect();
         p.memory_tier_bytes = metric_sum(&m, "b2proxy_cache_memory_bytes", None)
             .or_else(|| metric_sum(&m, "foyer_memory_usage", None));
-        p.disk_tier_used_bytes = disk_used(&m);
         p.dropped_disk_writes = dropped_writes(&m);
         p.disk_rewritten_blocks = metric_sum(&m, "b2proxy_cache_disk_rewritten_blocks_total", None);
     }
@@ -805,6 +837,8 @@ pub struct V2Plan {
     pub after_restart: Duration,
     pub memory: ByteSize,
     pub disk: Option<ByteSize>,
+    /// Proxies behind HAProxy (`--proxies`); `None`: one proxy, no HAProxy.
+    pub proxies: Option<usize>,
 }
 
 /// Runs a farm-v2 pass.
@@ -848,20 +882,35 @@ pub async fn run(ctx: &Ctx, plan: &V2Plan) -> anyhow::Result<FarmV2Report> {
         block_size: block,
         rate_limit_rps: ctx.opts.rate_limit_rps,
         schedule: schedule_keys(&settings),
+        proxies: plan.proxies.unwrap_or(1),
+        haproxy: plan.proxies.is_some(),
         ..FarmV2Report::default()
     };
     progress(format!(
-        "farm-v2 ({}): {} plots, catalog load",
+        "farm-v2 ({}): {} plots, {}, catalog load",
         farm.shape.name(),
-        farm.plots
+        farm.plots,
+        match plan.proxies {
+            Some(n) => format!("{n} proxies behind HAProxy"),
+            None => "one proxy".into(),
+        }
     ));
-    let mut stack = ctx
-        .stack(
-            ctx.emulator(&ctx.model)
-                .virtual_files(PREFIX, farm.plots, PLOT_SIZE),
-            &settings,
-        )
-        .await?;
+    let builder = ctx
+        .emulator(&ctx.model)
+        .virtual_files(PREFIX, farm.plots, PLOT_SIZE);
+    let mut stack = match plan.proxies {
+        Some(n) => Stack::start_behind_haproxy(builder, &settings, n, &ctx.bins).await?,
+        None => ctx.stack(builder, &settings).await?,
+    };
+    if let Some(n) = plan.proxies {
+        rep.notes.push(format!(
+            "{n} b2-proxy process(es) behind HAProxy (deploy/haproxy.cfg), each with cache.memory {} and \
+             cache.disk {} (1/{n} of the totals above) and fetch.max_requests_per_second = 0; proxy RSS is \
+             their sum; HAProxy's own CPU and memory are not counted",
+            mib(settings.memory.as_u64() / n as u64),
+            mib(settings.disk.as_u64() / n as u64),
+        ));
+    }
     stack.emu.watch(HEADER_WATCH, farm.shape.tail_len());
     let list_calls = stack.emu.stats().requests.list_file_names;
     rep.catalog = V2Catalog {
@@ -1010,10 +1059,13 @@ async fn phases(
 
     // With --compare-unscheduled both loops start on a freshly restarted proxy (the warm disk tier, an empty
     // memory tier), so the one run second inherits nothing from the first.
-    let compare = ctx.opts.compare_unscheduled && stack.proxy_pid().is_some();
+    let compare =
+        ctx.opts.compare_unscheduled && stack.proxy_pid().is_some() && !stack.behind_haproxy();
     if ctx.opts.compare_unscheduled && !compare {
-        rep.notes
-            .push("--compare-unscheduled skipped: it needs --proxy process".into());
+        rep.notes.push(
+            "--compare-unscheduled skipped: it needs one proxy (--proxy process, no --proxies)"
+                .into(),
+        );
     }
     if compare {
         progress("farm-v2: proxy restart before the signage-point loop");
@@ -1069,6 +1121,24 @@ async fn phases(
         rep.phases.push(p);
     }
 
+    // Capacity: every plot looked up at once, so each harvester's threads run lookups back to back.
+    if plan.proxies.is_some() {
+        progress(format!(
+            "farm-v2: capacity, {} lookups queued at once",
+            farm.plots
+        ));
+        let sps = farm.everything(ids(1));
+        let p = measured(
+            CAPACITY,
+            &emu,
+            Some(&*stack),
+            &pids(mounts),
+            run_phase(farm, &infos, &sps, &mode),
+        )
+        .await;
+        rep.phases.push(p);
+    }
+
     // The baseline: the same lookups straight to the emulator, without its rate limit (there is no proxy to
     // pace them: the baseline is what the lookups cost with every request answered at once).
     progress("farm-v2: baseline, the loop's lookups straight to the emulator");
@@ -1114,6 +1184,11 @@ async fn phases(
     rep.phases.push(p);
 
     // Proxy restart on the same disk tier, then a signage-point loop.
+    if stack.behind_haproxy() {
+        rep.notes
+            .push("proxy restart skipped: it is measured with one proxy, without --proxies".into());
+        return Ok(());
+    }
     if stack.proxy_pid().is_none() {
         rep.notes
             .push("proxy restart skipped: it needs --proxy process".into());
@@ -1204,13 +1279,18 @@ pub fn markdown(r: &FarmV2Report, o: &mut String) {
     use std::fmt::Write as _;
     let _ = writeln!(
         o,
-        "\n### Farm v2: {} shape, {} plots{}\n",
+        "\n### Farm v2: {} shape, {} plots{}{}\n",
         r.shape,
         r.plots,
         if r.catalog_only {
             " (catalog only)"
         } else {
             ""
+        },
+        if r.haproxy {
+            format!(", {} proxies behind HAProxy", r.proxies)
+        } else {
+            String::new()
         }
     );
     if !r.catalog_only {
@@ -1623,6 +1703,112 @@ pub fn targets(r: &FarmV2Report) -> Vec<Target> {
         ));
     }
     t
+}
+
+/// A `--proxies` pass's capacity phase: proxies, lookups per second, lookup times.
+fn capacity(r: &FarmV2Report) -> Option<(usize, f64, Dist)> {
+    let p = r.phase(CAPACITY)?;
+    let d = p.lookup?;
+    (p.wall_s > 0.0).then(|| (r.proxies, (p.lookups - p.failed) as f64 / p.wall_s, d))
+}
+
+/// The machine the bench runs on: CPUs the process may use and their model.
+pub fn cpu_note() -> String {
+    let n = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown model".into());
+    format!("{n} CPU(s), {model}")
+}
+
+/// The `--proxies` passes side by side: capacity (lookups per second and latency at saturation) and the
+/// signage-point loop, with each pass's ratio to the first (fewest proxies).
+pub fn scaling_markdown(rs: &[FarmV2Report], o: &mut String) {
+    use std::fmt::Write as _;
+    let rows: Vec<(&FarmV2Report, (usize, f64, Dist))> = rs
+        .iter()
+        .filter(|r| r.haproxy && !r.catalog_only)
+        .filter_map(|r| Some((r, capacity(r)?)))
+        .collect();
+    let Some((_, (_, base_rate, base_d))) = rows.first().copied() else {
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "\n### Farm v2: proxies behind HAProxy, side by side\n\n\
+         | proxies | capacity lookups | lookups/s | x first | lookup p50 / p99 / max | p99 x first | upstream req / lookup | peak upstream | proxy CPU | HAProxy CPU | machine busy | loop lookup p50 / p99 / max | failed |\n\
+         | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
+    );
+    for (r, (n, rate, d)) in &rows {
+        let cap = r.phase(CAPACITY);
+        let sp = r.phase("signage-point loop");
+        let failed: usize = r.phases.iter().map(|p| p.failed).sum();
+        let _ = writeln!(
+            o,
+            "| {n} | {} | {rate:.1} | {:.2} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {failed} |",
+            cap.map_or(0, |p| p.lookups),
+            rate / base_rate,
+            d3(&Some(*d)),
+            d.p99_ms / base_d.p99_ms,
+            cap.map_or(0.0, |p| p.requests_per_lookup),
+            cap.map_or(0, |p| p.peak_upstream),
+            cap.and_then(|p| p.proxy_cpu_s)
+                .map_or("-".into(), |c| format!("{c:.1} s")),
+            cap.and_then(|p| p.haproxy_cpu_s)
+                .map_or("-".into(), |c| format!("{c:.1} s")),
+            cap.and_then(|p| p.machine_busy)
+                .map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
+            d3(&sp.and_then(|p| p.lookup)),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n- same total cache split evenly, upstream rate limit off; capacity queues every plot's lookup at \
+         once (each harvester runs its threads back to back); proxy and HAProxy CPU are the seconds their \
+         processes used during the capacity phase, machine busy the share of all CPUs busy then (the bench, \
+         emulator and shims included, and anything else running on the machine); machine: {}",
+        cpu_note()
+    );
+}
+
+/// Issue 12's scaling target over the `--proxies` passes of one run: 3 proxies (the most run) carry 2.5 x
+/// the lookup rate of 1 at the same p99.
+pub fn scaling_targets(rs: &[FarmV2Report]) -> Vec<Target> {
+    let caps: Vec<(usize, f64, Dist)> = rs
+        .iter()
+        .filter(|r| r.haproxy && !r.catalog_only)
+        .filter_map(capacity)
+        .collect();
+    let (Some(one), Some(most)) = (
+        caps.iter().find(|c| c.0 == 1),
+        caps.iter().max_by_key(|c| c.0),
+    ) else {
+        return Vec::new();
+    };
+    if most.0 <= 1 {
+        return Vec::new();
+    }
+    let ratio = most.1 / one.1;
+    let p99 = most.2.p99_ms / one.2.p99_ms;
+    vec![met(
+        format!("farm-v2: {} proxies vs 1 behind HAProxy, capacity", most.0),
+        ">= 2.5 x the lookups/s at the same p99 (<= 1.1 x)",
+        format!(
+            "{:.1} vs {:.1} lookups/s = {ratio:.2} x; p99 {:.0} vs {:.0} ms = {p99:.2} x ({})",
+            most.1,
+            one.1,
+            most.2.p99_ms,
+            one.2.p99_ms,
+            cpu_note()
+        ),
+        Some(ratio >= 2.5 && p99 <= 1.1),
+    )]
 }
 
 #[cfg(test)]

@@ -227,6 +227,13 @@ pub struct Opts {
     #[arg(long, value_name = "SIZE")]
     pub v2_cache_disk: Option<ByteSize>,
 
+    /// farm-v2: run N b2-proxy processes behind a real HAProxy (the shipped deploy/haproxy.cfg) sharing the
+    /// cache (cache.memory and cache.disk split evenly) with the upstream rate limit off, and add a capacity
+    /// phase; a list (`1,3`) runs one pass per count in the same run, side by side. Needs haproxy (Debian
+    /// package). Default: one proxy, no HAProxy.
+    #[arg(long, value_name = "N,...", value_delimiter = ',')]
+    pub proxies: Vec<usize>,
+
     /// farm-v2: how long the signage-point loop after the proxy restart runs (default 60s; 1.5s with --smoke).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub restart_duration: Option<Duration>,
@@ -805,8 +812,16 @@ async fn scenario_farm_v2(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> 
         ),
         memory: o.pick(o.v2_cache_memory, ByteSize::gib(1), ByteSize::mib(256)),
         disk: o.v2_cache_disk,
+        proxies: None,
     };
-    report.farm_v2.push(farm_v2::run(ctx, &plan).await?);
+    if o.proxies.is_empty() {
+        report.farm_v2.push(farm_v2::run(ctx, &plan).await?);
+    }
+    for n in &o.proxies {
+        let mut p = plan.clone();
+        p.proxies = Some((*n).max(1));
+        report.farm_v2.push(farm_v2::run(ctx, &p).await?);
+    }
     // The smoke run also runs the catalog-only pass, small.
     if o.smoke && !o.catalog_only {
         let mut small = plan.clone();
@@ -1347,6 +1362,9 @@ pub async fn run(opts: Opts) -> ExitCode {
                 .into(),
         );
     }
+    report
+        .targets
+        .extend(farm_v2::scaling_targets(&report.farm_v2));
     report
         .notes
         .push(format!("total run time {:.0?}", started.elapsed()));

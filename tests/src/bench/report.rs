@@ -433,6 +433,7 @@ impl Report {
         for f in &self.farm_v2 {
             super::farm_v2::markdown(f, &mut o);
         }
+        super::farm_v2::scaling_markdown(&self.farm_v2, &mut o);
         if !self.targets.is_empty() {
             let _ = writeln!(o, "\n### Targets (measured, not asserted)\n");
             let _ = writeln!(o, "| target | goal | measured | result |");

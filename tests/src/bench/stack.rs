@@ -1,5 +1,7 @@
 //! The system under test, built and torn down by the benchmark: the B2 emulator (in-process), a b2-proxy (as
 //! its own process by default, or in-process) pointed at it, and optionally a b2fs-shim mount of the proxy.
+//! [`Stack::start_behind_haproxy`] runs several proxy processes behind a real HAProxy on the shipped
+//! `deploy/haproxy.cfg` instead; `base` is then HAProxy's address.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,6 +74,34 @@ pub fn binaries(build: bool) -> anyhow::Result<Binaries> {
 pub fn rss_of(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     rss_from_status(&text)
+}
+
+/// CPU time (user + system) a process has used, from `/proc/PID/stat`.
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count fields after its end.
+    let rest = text.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the name.
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks / hz as f64)
+}
+
+/// The machine's CPU time so far from `/proc/stat`: (busy, total) in clock ticks over all CPUs.
+pub fn machine_cpu_ticks() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
 }
 
 /// Resident memory of the bench process itself.
@@ -177,6 +207,11 @@ pub struct Stack {
     pub dir: tempfile::TempDir,
     /// Time from starting the proxy until `/healthz` said the catalog is loaded.
     pub proxy_ready: Duration,
+    /// Behind HAProxy: the proxies after the first, each with its own URL, and HAProxy.
+    more: Vec<(ProxyHandle, String)>,
+    lb: Option<crate::haproxy::HaProxy>,
+    /// The first proxy's own URL (`base` is HAProxy's when there is one).
+    first_base: String,
 }
 
 /// A keep-alive client sized for 64 concurrent reads.
@@ -293,14 +328,109 @@ impl Stack {
         let mut stack = Self {
             emu: std::sync::Arc::new(emu),
             proxy: Some(proxy),
+            first_base: base.clone(),
             base,
             http,
             dir,
             proxy_ready: Duration::ZERO,
+            more: Vec::new(),
+            lb: None,
         };
         stack.wait_healthy(Duration::from_secs(120)).await?;
         stack.proxy_ready = started.elapsed();
         Ok(stack)
+    }
+
+    /// Starts the emulator from `builder`, then `n` proxy processes on it, each with 1/n of `settings`'
+    /// memory and disk tiers (the same total cache as one proxy) and the upstream rate limit off
+    /// (`fetch.max_requests_per_second = 0`: B2's limit is per account, and splitting it would compare the
+    /// split, not the proxies), then HAProxy on the shipped config in front of them. `base` is HAProxy's URL;
+    /// `proxy_ready` runs until every proxy's catalog is loaded and HAProxy accepts connections.
+    pub async fn start_behind_haproxy(
+        builder: EmulatorBuilder,
+        settings: &ProxySettings,
+        n: usize,
+        bins: &Binaries,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(n >= 1, "at least one proxy");
+        crate::haproxy::binary()?;
+        let emu = builder.start().await.context("emulator start")?;
+        let dir = tempfile::Builder::new()
+            .prefix("b2fs-bench-")
+            .tempdir()
+            .context("temp dir")?;
+        let http = http_client()?;
+        let started = Instant::now();
+        let each = ProxySettings {
+            memory: ByteSize::b(settings.memory.as_u64() / n as u64),
+            disk: ByteSize::b(settings.disk.as_u64() / n as u64),
+            ..settings.clone()
+        };
+        let mut proxies = Vec::with_capacity(n);
+        for i in 0..n {
+            let port = free_port()?;
+            let pdir = dir.path().join(format!("proxy{}", i + 1));
+            std::fs::create_dir_all(&pdir)?;
+            let config = proxy_config(&emu, &pdir, SocketAddr::from(([127, 0, 0, 1], port)), &each);
+            let cfg_path = pdir.join("proxy.toml");
+            std::fs::write(&cfg_path, with_rate_limit_off(&config_toml(&config)))?;
+            let log = pdir.join("proxy.log");
+            let child = spawn_proxy(&bins.proxy, &cfg_path, &log)?;
+            proxies.push((
+                ProxyHandle::Process { child, log },
+                format!("http://127.0.0.1:{port}"),
+            ));
+        }
+        let addrs: Vec<SocketAddr> = proxies
+            .iter()
+            .filter_map(|(_, b)| b.trim_start_matches("http://").parse().ok())
+            .collect();
+        let mut proxies = proxies.into_iter();
+        let Some((first, first_base)) = proxies.next() else {
+            bail!("no proxy started");
+        };
+        let mut stack = Self {
+            emu: std::sync::Arc::new(emu),
+            proxy: Some(first),
+            base: first_base.clone(),
+            first_base,
+            http,
+            dir,
+            proxy_ready: Duration::ZERO,
+            more: proxies.collect(),
+            lb: None,
+        };
+        stack.wait_healthy(Duration::from_secs(120)).await?;
+        let lb_dir = stack.dir.path().join("haproxy");
+        std::fs::create_dir_all(&lb_dir)?;
+        let frontend = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let cfg = crate::haproxy::config_for(crate::haproxy::SHIPPED_CONFIG, frontend, &addrs)?;
+        let lb = tokio::task::spawn_blocking(move || {
+            crate::haproxy::HaProxy::start(&lb_dir, &cfg, frontend)
+        })
+        .await??;
+        stack.base = lb.url();
+        stack.lb = Some(lb);
+        stack.proxy_ready = started.elapsed();
+        Ok(stack)
+    }
+
+    /// How many proxies run (behind HAProxy when more than one, or when started by
+    /// [`Stack::start_behind_haproxy`]).
+    pub fn proxy_count(&self) -> usize {
+        usize::from(self.proxy.is_some()) + self.more.len()
+    }
+
+    /// Whether the proxies run behind HAProxy.
+    pub fn behind_haproxy(&self) -> bool {
+        self.lb.is_some()
+    }
+
+    /// Every proxy's own URL (not HAProxy's).
+    fn proxy_bases(&self) -> Vec<String> {
+        std::iter::once(self.first_base.clone())
+            .chain(self.more.iter().map(|(_, b)| b.clone()))
+            .collect()
     }
 
     /// Stops the proxy process with SIGTERM (it closes its disk tier) and starts it again with the same config,
@@ -316,6 +446,9 @@ impl Stack {
         bins: &Binaries,
         settings: Option<&ProxySettings>,
     ) -> anyhow::Result<ProxyRestart> {
+        if self.lb.is_some() {
+            bail!("a proxy restart is measured with one proxy, without HAProxy");
+        }
         let Some(ProxyHandle::Process { child, log }) = self.proxy.take() else {
             bail!("a proxy restart needs --proxy process");
         };
@@ -343,25 +476,35 @@ impl Stack {
         })
     }
 
+    /// Waits until every proxy's `/healthz` (asked directly, not through HAProxy) says 200.
     async fn wait_healthy(&mut self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await
-                && r.status() == 200
-            {
-                return Ok(());
+        for base in self.proxy_bases() {
+            loop {
+                if let Ok(r) = self.http.get(format!("{base}/healthz")).send().await
+                    && r.status() == 200
+                {
+                    break;
+                }
+                let handles = self
+                    .proxy
+                    .iter_mut()
+                    .chain(self.more.iter_mut().map(|(h, _)| h));
+                for h in handles {
+                    if let ProxyHandle::Process { child, log } = h
+                        && let Ok(Some(status)) = child.try_wait()
+                    {
+                        let text = std::fs::read_to_string(&*log).unwrap_or_default();
+                        bail!("b2-proxy exited at start ({status}): {}", text.trim());
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!("proxy {base} not healthy within {limit:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if let Some(ProxyHandle::Process { child, log }) = self.proxy.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                bail!("b2-proxy exited at start ({status}): {}", text.trim());
-            }
-            if Instant::now() > deadline {
-                bail!("proxy not healthy within {limit:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
     }
 
     /// The emulator, shareable with tasks.
@@ -386,8 +529,25 @@ impl Stack {
         }
     }
 
-    /// The proxy's resident memory (or the bench's, with an in-process proxy).
+    /// The proxy's resident memory (or the bench's, with an in-process proxy); behind HAProxy, the sum over
+    /// the proxies.
     pub fn proxy_rss(&self) -> Option<Rss> {
+        if !self.more.is_empty() {
+            let pids = self.more.iter().filter_map(|(h, _)| match h {
+                ProxyHandle::Process { child, .. } => Some(child.id()),
+                ProxyHandle::Inproc(_) => None,
+            });
+            let bytes = self
+                .proxy_pid()
+                .into_iter()
+                .chain(pids)
+                .filter_map(rss_of)
+                .sum();
+            return Some(Rss {
+                bytes,
+                of: format!("proxy processes ({})", self.proxy_count()),
+            });
+        }
         match self.proxy_pid() {
             Some(pid) => rss_of(pid).map(|bytes| Rss {
                 bytes,
@@ -401,40 +561,61 @@ impl Stack {
     }
 
     /// The sum of the proxy's Prometheus samples whose line starts with `prefix` (a metric name, optionally
-    /// with labels); `None` if there are none or `/metrics` cannot be read.
+    /// with labels), over every proxy; `None` if there are none or `/metrics` cannot be read.
     pub async fn metric(&self, prefix: &str) -> Option<f64> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.base))
-            .send()
+        let values: Vec<f64> = self
+            .metrics()
             .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        let values: Vec<f64> = text
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
             .collect();
         (!values.is_empty()).then(|| values.iter().sum())
     }
 
-    /// The proxy's whole `/metrics` text as (sample name with labels, value) pairs; empty when unreadable.
+    /// Every proxy's whole `/metrics` text as (sample name with labels, value) pairs, asked directly (not
+    /// through HAProxy), one after the other; unreadable ones are left out.
     pub async fn metrics(&self) -> Vec<(String, f64)> {
-        let Ok(resp) = self.http.get(format!("{}/metrics", self.base)).send().await else {
-            return Vec::new();
-        };
-        let Ok(text) = resp.text().await else {
-            return Vec::new();
-        };
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (name, v) = l.rsplit_once(' ')?;
-                Some((name.to_string(), v.parse().ok()?))
-            })
-            .collect()
+        self.metrics_each().await.into_iter().flatten().collect()
+    }
+
+    /// [`Stack::metrics`] of each proxy apart (for values that do not add up, like a block size).
+    pub async fn metrics_each(&self) -> Vec<Vec<(String, f64)>> {
+        let mut out = Vec::new();
+        for base in self.proxy_bases() {
+            let Ok(resp) = self.http.get(format!("{base}/metrics")).send().await else {
+                continue;
+            };
+            let Ok(text) = resp.text().await else {
+                continue;
+            };
+            out.push(
+                text.lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .filter_map(|l| {
+                        let (name, v) = l.rsplit_once(' ')?;
+                        Some((name.to_string(), v.parse().ok()?))
+                    })
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    /// CPU time (user + system) used so far by the proxy processes, and by HAProxy when there is one.
+    pub fn cpu_seconds(&self) -> (Option<f64>, Option<f64>) {
+        let mut pids: Vec<u32> = self.proxy_pid().into_iter().collect();
+        pids.extend(self.more.iter().filter_map(|(h, _)| match h {
+            ProxyHandle::Process { child, .. } => Some(child.id()),
+            ProxyHandle::Inproc(_) => None,
+        }));
+        let proxies = pids.iter().map(|p| cpu_seconds_of(*p)).sum::<Option<f64>>();
+        let lb = self
+            .lb
+            .as_ref()
+            .and_then(|l| l.pid())
+            .and_then(cpu_seconds_of);
+        (proxies, lb)
     }
 
     /// Upstream download requests so far (by id and by name).
@@ -444,6 +625,14 @@ impl Stack {
 
     /// Stops the proxy (SIGTERM, bounded wait, then SIGKILL) and the emulator.
     pub async fn shutdown(mut self) {
+        if let Some(mut lb) = self.lb.take() {
+            let _ = tokio::task::spawn_blocking(move || lb.stop()).await;
+        }
+        for (h, _) in std::mem::take(&mut self.more) {
+            if let ProxyHandle::Process { child, .. } = h {
+                stop_child(child).await;
+            }
+        }
         match self.proxy.take() {
             Some(ProxyHandle::Inproc(p)) => p.shutdown().await,
             Some(ProxyHandle::Process { child, .. }) => stop_child(child).await,
@@ -497,11 +686,45 @@ pub async fn stop_child_within(mut child: Child, limit: Duration) -> bool {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if let Some(ProxyHandle::Process { mut child, .. }) = self.proxy.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let more = std::mem::take(&mut self.more).into_iter().map(|(h, _)| h);
+        for h in self.proxy.take().into_iter().chain(more) {
+            if let ProxyHandle::Process { mut child, .. } = h {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
+}
+
+/// `toml` (a [`config_toml`] text) with `fetch.max_requests_per_second = 0`, whether or not it sets the key.
+fn with_rate_limit_off(toml: &str) -> String {
+    let mut out = String::with_capacity(toml.len() + 40);
+    let mut section = "";
+    let mut set = false;
+    for line in toml.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            if section == "[fetch]" && !set {
+                out.push_str("max_requests_per_second = 0\n");
+                set = true;
+            }
+            section = t;
+        }
+        if section == "[fetch]" && t.starts_with("max_requests_per_second") {
+            out.push_str("max_requests_per_second = 0\n");
+            set = true;
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if !set {
+        if section != "[fetch]" {
+            out.push_str("[fetch]\n");
+        }
+        out.push_str("max_requests_per_second = 0\n");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -513,6 +736,37 @@ mod tests {
         let s = "Name:\tx\nVmPeak:\t  100 kB\nVmRSS:\t    2048 kB\n";
         assert_eq!(rss_from_status(s), Some(2 << 20));
         assert_eq!(rss_from_status("Name: x\n"), None);
+    }
+
+    #[test]
+    fn cpu_times_read() {
+        let mine = cpu_seconds_of(std::process::id()).expect("own /proc/PID/stat");
+        assert!(mine >= 0.0);
+        let (busy, total) = machine_cpu_ticks().expect("/proc/stat");
+        assert!(busy <= total && total > 0);
+    }
+
+    #[test]
+    fn rate_limit_off_whatever_the_config_says() {
+        let c = Config {
+            b2: Some(b2_proxy::config::B2Config {
+                key_id: "k".into(),
+                application_key: "s".into(),
+                bucket: Some("b".into()),
+                bucket_id: None,
+                prefix: String::new(),
+                endpoint: "http://127.0.0.1:1".into(),
+            }),
+            ..Config::default()
+        };
+        let plain = config_toml(&c);
+        let with_key = plain.replace("[fetch]\n", "[fetch]\nmax_requests_per_second = 400\n");
+        for text in [plain, with_key] {
+            let off = with_rate_limit_off(&text);
+            let back = Config::parse(&off).expect(&off);
+            assert_eq!(back.fetch.max_requests_per_second, 0.0, "{off}");
+            assert_eq!(off.matches("max_requests_per_second").count(), 1, "{off}");
+        }
     }
 
     #[test]
