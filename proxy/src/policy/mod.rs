@@ -181,7 +181,22 @@ impl Upstream {
                 self.breaker.check().map_err(|e| with_last(e, last))?;
                 match (&self.hedger, hedged) {
                     (Some(h), true) if !self.scheduler.limiting() => {
-                        h.race(|| self.attempt(obj, range.clone(), class)).await
+                        // The race starts once the first attempt is admitted: time spent queued for a slot
+                        // or for the pace is not upstream latency, and hedging it would only double the
+                        // demand exactly when requests already wait. The hedge queues for its own slot.
+                        let mut first = Some(self.scheduler.acquire(class).await?);
+                        h.race(|| {
+                            let admitted = first.take();
+                            let range = range.clone();
+                            async move {
+                                let permit = match admitted {
+                                    Some(p) => p,
+                                    None => self.scheduler.acquire(class).await?,
+                                };
+                                self.admitted(permit, obj, range).await
+                            }
+                        })
+                        .await
                     }
                     _ => self.attempt(obj, range.clone(), class).await,
                 }
@@ -190,7 +205,7 @@ impl Upstream {
         .await
     }
 
-    /// One attempt: admission, the attempt timeout, the source, and the breaker and scheduler told the outcome.
+    /// One attempt: admission, then [`Upstream::admitted`].
     async fn attempt(
         self: &Arc<Self>,
         obj: &ObjectInfo,
@@ -198,6 +213,16 @@ impl Upstream {
         class: Class,
     ) -> Result<Bytes, UpstreamError> {
         let permit = self.scheduler.acquire(class).await?;
+        self.admitted(permit, obj, range).await
+    }
+
+    /// An admitted attempt: the attempt timeout, the source, and the breaker and scheduler told the outcome.
+    async fn admitted(
+        self: &Arc<Self>,
+        permit: schedule::Permit,
+        obj: &ObjectInfo,
+        range: Range<u64>,
+    ) -> Result<Bytes, UpstreamError> {
         *self.probe_target.lock() = Some(obj.clone());
         let timeout = self.settings.attempt_timeout;
         let sample = range.end - range.start <= SAMPLE_MAX_BYTES;

@@ -331,6 +331,35 @@ async fn upstream_concurrency_is_capped_and_queued_reads_still_finish() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn time_queued_for_admission_is_not_hedged() {
+    // One slot, five reads of 40 ms each, a hedge threshold of 100 ms: the last reads wait up to 160 ms for
+    // the slot, but each attempt answers in 40 ms once sent, so nothing is hedged.
+    let s = stack_with(|p| {
+        p.schedule.max_concurrency = 1;
+        p.hedge = Some(HedgeSettings {
+            floor: 100 * MS,
+            ceiling: 100 * MS,
+            ..hedge_settings()
+        });
+    });
+    let obj = s.source.add_file("f", pattern(4096, 28));
+    s.source.script(|_| Step::after(40 * MS));
+    let t0 = Instant::now();
+    let reads: Vec<_> = (0..5)
+        .map(|i| {
+            let (u, o) = (s.upstream.clone(), obj.clone());
+            tokio::spawn(async move { u.read(&o, i..i + 1, Purpose::New).await })
+        })
+        .collect();
+    for r in reads {
+        r.await.expect("join").expect("read");
+    }
+    assert_eq!(t0.elapsed(), 200 * MS);
+    assert_eq!(s.source.calls().len(), 5);
+    assert_eq!(s.metric("b2proxy_hedges_issued_total", &[]), 0.0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn closing_fails_queued_reads_at_once() {
     let s = stack_with(|p| p.schedule.max_concurrency = 1);
     let obj = s.source.add_file("f", pattern(4096, 13));
