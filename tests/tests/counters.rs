@@ -20,9 +20,9 @@ async fn upstream_counters_equal_the_emulators_counts() {
         .latency(Duration::from_millis(5), 0.0)
         .first_attempt_delay(STALL)
         .seed(11);
-    // No 429s here: they make the proxy pace its requests, and an attempt waiting for its pace is already in
-    // its hedge race, so a hedge could race a normal answer and cut it mid-body. 429s are counted like any other
-    // status (checked below at 0), and their pacing is tested in ratelimit.rs.
+    // No 429s here: they make the proxy pace its requests, and a retry waiting for its pace while its pair's
+    // other attempt answers normally would add cancellations the stalls do not explain. 429s are counted like
+    // any other status (checked below at 0), and their pacing is tested in ratelimit.rs.
     for (fault, p) in [
         (Fault::InternalError, 0.04),
         (Fault::ServiceUnavailable, 0.03),
@@ -42,9 +42,9 @@ async fn upstream_counters_equal_the_emulators_counts() {
         // breaker must not open on them.
         c.fetch.timeout = Duration::from_secs(2);
         c.fetch.breaker_threshold = 1000;
-        // Admission waits happen inside the hedge's race: a primary queued for a slot (the adaptive limit cut by
-        // the stalls) could be hedged and then race a normal answer. A fixed limit far above the load admits
-        // every attempt at once.
+        // A hedge queues for its own slot inside its race: with the adaptive limit cut by the stalls, a hedge
+        // could wait, be sent late and race a normal answer. A fixed limit far above the load admits every
+        // attempt at once.
         c.fetch.adaptive_concurrency = false;
         c.fetch.read_deadline = Duration::from_secs(20);
     })
