@@ -361,9 +361,14 @@ impl Stack {
             .context("temp dir")?;
         let http = http_client()?;
         let started = Instant::now();
+        // The upstream rate limit off whatever the run's settings: this measures what the proxies carry.
         let each = ProxySettings {
             memory: ByteSize::b(settings.memory.as_u64() / n as u64),
             disk: ByteSize::b(settings.disk.as_u64() / n as u64),
+            schedule: Schedule {
+                max_rps: Some(0.0),
+                ..settings.schedule
+            },
             ..settings.clone()
         };
         let mut proxies = Vec::with_capacity(n);
@@ -373,7 +378,7 @@ impl Stack {
             std::fs::create_dir_all(&pdir)?;
             let config = proxy_config(&emu, &pdir, SocketAddr::from(([127, 0, 0, 1], port)), &each);
             let cfg_path = pdir.join("proxy.toml");
-            std::fs::write(&cfg_path, with_rate_limit_off(&config_toml(&config)))?;
+            std::fs::write(&cfg_path, config_toml(&config))?;
             let log = pdir.join("proxy.log");
             let child = spawn_proxy(&bins.proxy, &cfg_path, &log)?;
             proxies.push((
@@ -696,37 +701,6 @@ impl Drop for Stack {
     }
 }
 
-/// `toml` (a [`config_toml`] text) with `fetch.max_requests_per_second = 0`, whether or not it sets the key.
-fn with_rate_limit_off(toml: &str) -> String {
-    let mut out = String::with_capacity(toml.len() + 40);
-    let mut section = "";
-    let mut set = false;
-    for line in toml.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            if section == "[fetch]" && !set {
-                out.push_str("max_requests_per_second = 0\n");
-                set = true;
-            }
-            section = t;
-        }
-        if section == "[fetch]" && t.starts_with("max_requests_per_second") {
-            out.push_str("max_requests_per_second = 0\n");
-            set = true;
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    if !set {
-        if section != "[fetch]" {
-            out.push_str("[fetch]\n");
-        }
-        out.push_str("max_requests_per_second = 0\n");
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -747,26 +721,32 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_off_whatever_the_config_says() {
-        let c = Config {
-            b2: Some(b2_proxy::config::B2Config {
-                key_id: "k".into(),
-                application_key: "s".into(),
-                bucket: Some("b".into()),
-                bucket_id: None,
-                prefix: String::new(),
-                endpoint: "http://127.0.0.1:1".into(),
-            }),
+    fn scheduler_settings_reach_the_proxy_config() {
+        let emu_free = b2_proxy::config::B2Config {
+            key_id: "k".into(),
+            application_key: "s".into(),
+            bucket: Some("b".into()),
+            bucket_id: None,
+            prefix: String::new(),
+            endpoint: "http://127.0.0.1:1".into(),
+        };
+        let mut c = Config {
+            b2: Some(emu_free),
             ..Config::default()
         };
-        let plain = config_toml(&c);
-        let with_key = plain.replace("[fetch]\n", "[fetch]\nmax_requests_per_second = 400\n");
-        for text in [plain, with_key] {
-            let off = with_rate_limit_off(&text);
-            let back = Config::parse(&off).expect(&off);
-            assert_eq!(back.fetch.max_requests_per_second, 0.0, "{off}");
-            assert_eq!(off.matches("max_requests_per_second").count(), 1, "{off}");
-        }
+        let off = Schedule::off();
+        c.fetch.max_requests_per_second = off.max_rps.unwrap_or(-1.0);
+        c.fetch.max_concurrency = off.max_concurrency.unwrap_or(0);
+        c.fetch.adaptive_concurrency = off.adaptive.unwrap_or(true);
+        c.fetch.prioritize = off.prioritize.unwrap_or(true);
+        let text = config_toml(&c);
+        let back = Config::parse(&text).expect(&text);
+        assert_eq!(back.fetch.max_requests_per_second, 0.0, "{text}");
+        assert_eq!(back.fetch.max_concurrency, 64, "{text}");
+        assert!(
+            !back.fetch.adaptive_concurrency && !back.fetch.prioritize,
+            "{text}"
+        );
     }
 
     #[test]
