@@ -237,9 +237,9 @@ impl Upstream {
                     || (matches!(e, UpstreamError::Status { status: 503, .. })
                         && e.retry_after().is_some());
                 if throttled {
-                    self.scheduler.throttled(e.retry_after());
-                }
-                if throttled || e.is_outage() {
+                    self.scheduler.throttled(e.retry_after(), permit.granted());
+                    Signal::Throttled
+                } else if e.is_outage() {
                     Signal::Overload
                 } else {
                     Signal::Neutral

@@ -8,11 +8,18 @@
 //!   more than twice the usual, at most once per [`DECREASE_GAP`]. (Single answers are not compared: B2's
 //!   latency is lognormal, a third of its answers take three times its fastest, and a burst's slowest answers
 //!   all arrive last.) `max_concurrency` is the ceiling, `min_concurrency` the floor.
-//! - **Pacing** (a token bucket at the current rate): at most `max_rps` requests start per second; a 429 or 503
-//!   with `Retry-After` pauses the whole upstream briefly ([`MAX_PAUSE`]; the throttled request itself waits its
-//!   whole `Retry-After`) and cuts the rate by a quarter, at most once per second; each second without one gives
-//!   back 5% of the configured rate.
-//!   With `max_rps` 0 there is no pace at all (only the pause).
+//! - **Pacing** (a token bucket at the current rate): at most `max_rps` requests start per second. A 429 or 503
+//!   with `Retry-After` (a *throttle*) of a request sent at the current pace cuts the pace: by a tenth at first
+//!   (a pace at the account's rate meets the edge of B2's bucket now and then, since requests granted evenly
+//!   arrive unevenly), and by a quarter, with a brief pause of the whole upstream ([`MAX_PAUSE`]), when a request
+//!   sent after a cut within [`ESCALATE`] is refused too (the pace is far over what B2 accepts). Throttles of
+//!   requests sent before the last cut were answered by it and change nothing, so one burst of refusals is one
+//!   cut. The pace remembers the rate that was refused: each calm second gives back a quarter of the configured
+//!   rate up to just under it ([`NEAR_REFUSED`]), then 2% a second above it, so it returns within a second or
+//!   two to where B2 accepted it and probes slowly past that instead of hitting the same wall at full speed.
+//!   The throttled request itself waits its whole `Retry-After`. With a pace, a throttle is no signal for the
+//!   concurrency limit (the pace answers it). With `max_rps` 0 there is no pace at all, only the pause, on
+//!   every throttle.
 //! - **Priority**: [`Class::Continuing`] (a file whose read was answered in the last moments: a lookup in
 //!   progress) goes before [`Class::New`], which goes before [`Class::Background`] (read-ahead); FIFO within a
 //!   class; a request that waited [`Settings::promote_after`] goes next whatever its class, so nothing starves.
@@ -37,6 +44,16 @@ pub const DECREASE_GAP: Duration = Duration::from_millis(200);
 /// `Retry-After` (the retry layer honours it, as B2 asks); everyone else only lets B2's bucket refill a little
 /// while the pace is cut: B2 states `Retry-After` in whole seconds, far longer than its bucket takes to refill.
 pub const MAX_PAUSE: Duration = Duration::from_millis(250);
+/// A request sent within this long after a cut and refused too escalates to a hard cut.
+pub const ESCALATE: Duration = Duration::from_secs(2);
+/// Gentle cut of the pace (at the edge of the upstream's bucket) and hard one (far over it).
+const GENTLE_CUT: f64 = 0.9;
+const HARD_CUT: f64 = 0.75;
+/// After a cut the pace climbs fast up to this fraction of the rate that was refused, then slowly.
+pub const NEAR_REFUSED: f64 = 0.95;
+/// Climb per calm second, as a share of `max_rps`: fast below the refused rate, probing above it.
+const FAST_CLIMB: f64 = 0.25;
+const PROBE_CLIMB: f64 = 0.02;
 /// Overload-free time after which the concurrency limit grows fast again.
 const CALM: Duration = Duration::from_secs(5);
 /// How long a latency baseline stands before the window's minimum replaces it.
@@ -92,8 +109,11 @@ pub struct Settings {
 pub enum Signal {
     /// Answered; `sample`: small enough for its latency to say something about the upstream.
     Answered { sample: bool },
-    /// Timeout, 5xx, or 429: the upstream is overloaded or limiting.
+    /// Timeout or 5xx: the upstream is overloaded.
     Overload,
+    /// 429, or 503 with `Retry-After`: the upstream limits our rate. An overload for the concurrency limit
+    /// only when there is no pace to cut (the pace is what answers a rate limit).
+    Throttled,
     /// Anything else (404, a changed file): says nothing about load.
     Neutral,
 }
@@ -115,6 +135,11 @@ struct State {
     refilled: Instant,
     paused_until: Option<Instant>,
     last_throttle: Option<Instant>,
+    /// When the pace was last cut: throttles of requests sent before it were answered by that cut.
+    last_cut: Option<Instant>,
+    /// The rate that was refused last (the pace, or what was really sent, when the upstream throttled): the
+    /// pace climbs back fast to just under it and probes slowly above it.
+    refused_rate: Option<f64>,
     last_overload: Option<Instant>,
     last_decrease: Option<Instant>,
     /// Latencies (seconds) of the small requests answered since `latency_since` ([`LATENCY_WINDOW`]): judged
@@ -159,6 +184,11 @@ pub struct Permit {
 }
 
 impl Permit {
+    /// When the request was let go (for throttles: was it sent before or after the pace was cut).
+    pub fn granted(&self) -> Instant {
+        self.granted
+    }
+
     /// Reports how the request went (feeds the adaptive limits), then releases the slot.
     pub fn done(mut self, signal: Signal) {
         let latency = self.granted.elapsed();
@@ -201,6 +231,8 @@ impl Scheduler {
                 refilled: now,
                 paused_until: None,
                 last_throttle: None,
+                last_cut: None,
+                refused_rate: None,
                 last_overload: None,
                 last_decrease: None,
                 latencies: Vec::with_capacity(WINDOW_SAMPLES),
@@ -287,24 +319,27 @@ impl Scheduler {
                 .is_some_and(|t| now.duration_since(t) < CALM)
     }
 
-    /// The upstream throttled a request (429, or 503 with `Retry-After`): pause and slow down for everyone.
-    pub fn throttled(&self, retry_after: Option<Duration>) {
+    /// The upstream throttled a request sent at `sent` (429, or 503 with `Retry-After`): slow down for
+    /// everyone, and pause everyone when even a cut pace was refused.
+    pub fn throttled(&self, retry_after: Option<Duration>, sent: Instant) {
         let now = Instant::now();
         let mut st = self.state.lock();
-        if let Some(ra) = retry_after {
+        self.metrics.upstream_throttled.inc();
+        st.last_throttle = Some(now);
+        let paced = self.settings.max_rps > 0.0;
+        if paced && st.last_cut.is_some_and(|t| sent <= t) {
+            // Sent before the last cut: that cut was the answer to it (a burst's refusals come back together).
+            return;
+        }
+        let hard = !paced || st.last_cut.is_some_and(|t| now.duration_since(t) < ESCALATE);
+        if let Some(ra) = retry_after
+            && hard
+        {
             let until = now + ra.min(MAX_PAUSE);
             st.paused_until = Some(st.paused_until.map_or(until, |p| p.max(until)));
         }
-        self.metrics.upstream_throttled.inc();
-        if self.settings.max_rps <= 0.0 {
+        if !paced {
             // Pacing is off: the pause above is all (and retries back off on their own).
-            return;
-        }
-        let recent = st
-            .last_throttle
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
-        st.last_throttle = Some(now);
-        if recent {
             return;
         }
         // Cut from the pace, or from what was really sent when traffic ran far below the pace (a pace far above
@@ -314,11 +349,14 @@ impl Scheduler {
         } else {
             st.rate
         };
-        st.rate = (from * 0.75).max(1.0);
+        st.refused_rate = Some(from);
+        st.rate = (from * if hard { HARD_CUT } else { GENTLE_CUT }).max(1.0);
         st.tokens = st.tokens.min(1.0);
+        st.last_cut = Some(now);
         self.metrics.upstream_rate_limit.set(st.rate);
         tracing::warn!(
             rate = st.rate,
+            hard,
             ?retry_after,
             "upstream throttling; pacing requests"
         );
@@ -419,8 +457,7 @@ impl Scheduler {
                 .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
             let max = self.settings.max_rps;
             if calm && max > 0.0 && st.rate < max {
-                st.rate =
-                    (st.rate + (max * 0.05).max(1.0) * elapsed.as_secs_f64().min(5.0)).min(max);
+                st.rate = climb(st.rate, max, st.refused_rate, elapsed.as_secs_f64().min(5.0));
                 self.metrics.upstream_rate_limit.set(st.rate);
             }
         }
@@ -447,7 +484,10 @@ impl Scheduler {
         };
         match signal {
             Signal::Neutral => {}
-            Signal::Overload => {
+            // With a pace, a throttle is answered by cutting the pace: shrinking the concurrency too would cut
+            // the throughput twice for one signal (and concurrency regrows far slower than the pace).
+            Signal::Throttled if self.settings.max_rps > 0.0 => {}
+            Signal::Overload | Signal::Throttled => {
                 st.last_overload = Some(now);
                 decrease(&mut st);
             }
@@ -496,6 +536,22 @@ impl Scheduler {
         // A larger limit may admit waiters.
         self.wake.notify_one();
     }
+}
+
+/// The pace after `secs` calm seconds from `rate`: fast up to just under the rate that was refused, then a
+/// slow probe above it, never over `max`.
+fn climb(rate: f64, max: f64, refused: Option<f64>, secs: f64) -> f64 {
+    let knee = refused.map_or(max, |r| (r * NEAR_REFUSED).min(max));
+    let fast = (max * FAST_CLIMB).max(1.0);
+    let slow = (max * PROBE_CLIMB).max(1.0);
+    let mut rate = rate;
+    let mut secs = secs;
+    if rate < knee {
+        let t = ((knee - rate) / fast).min(secs);
+        rate += fast * t;
+        secs -= t;
+    }
+    (rate + slow * secs).min(max)
 }
 
 /// The median of `v` (reordered); `v` is not empty.

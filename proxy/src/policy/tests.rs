@@ -553,6 +553,149 @@ async fn throttling_backs_off_for_the_whole_upstream_no_429_reaches_a_reader_and
     assert_eq!(s.upstream.scheduler().rate(), 100.0, "the pace recovered");
 }
 
+fn too_many_requests() -> UpstreamError {
+    UpstreamError::Status {
+        status: 429,
+        code: "too_many_requests".into(),
+        message: String::new(),
+        retry_after: Some(Duration::from_secs(1)),
+    }
+}
+
+/// Reads `n` one-byte ranges spread over `over`, and waits for them all; returns how many failed.
+async fn offer(s: &Stack, obj: &ObjectInfo, n: u64, over: Duration) -> usize {
+    let reads: Vec<_> = (0..n)
+        .map(|i| {
+            let (u, o) = (s.upstream.clone(), obj.clone());
+            let at = over.mul_f64(i as f64 / n as f64);
+            tokio::spawn(async move {
+                tokio::time::sleep(at).await;
+                u.read(&o, i % 4000..i % 4000 + 1, Purpose::New).await
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for r in reads {
+        if !matches!(r.await, Ok(Ok(_))) {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttle_at_the_edge_cuts_the_pace_gently_without_a_pause_and_it_comes_back_fast() {
+    let s = with_schedule(|c| c.max_rps = 100.0);
+    let obj = s.source.add_file("f", pattern(4096, 25));
+    s.source.script(|_| Step::after(5 * MS));
+    let sch = s.upstream.scheduler();
+    sch.throttled(Some(Duration::from_secs(1)), Instant::now());
+    assert_eq!(sch.rate(), 90.0, "a first throttle cuts a tenth");
+    // No pause: the next read goes at once (the bucket was emptied to one token).
+    let t0 = Instant::now();
+    s.upstream.read(&obj, 0..1, Purpose::New).await.expect("read");
+    assert!(t0.elapsed() <= 10 * MS, "paused for {:?}", t0.elapsed());
+    // Calm traffic below the pace: after a calm second the pace climbs fast to just under the refused rate...
+    assert_eq!(offer(&s, &obj, 60, Duration::from_secs(3)).await, 0);
+    let r = sch.rate();
+    assert!(r >= 100.0 * schedule::NEAR_REFUSED - 0.01, "pace {r} after 3 s");
+    // ...and then probes above it, slowly, back to the configured rate.
+    assert_eq!(offer(&s, &obj, 60, Duration::from_secs(4)).await, 0);
+    assert_eq!(sch.rate(), 100.0, "the pace is back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_of_requests_sent_before_a_cut_do_not_cut_again_but_a_refusal_after_it_cuts_hard_and_pauses()
+ {
+    let s = with_schedule(|c| c.max_rps = 100.0);
+    let obj = s.source.add_file("f", pattern(4096, 26));
+    s.source.script(|_| Step::after(5 * MS));
+    let sch = s.upstream.scheduler();
+    let before = Instant::now();
+    tokio::time::sleep(10 * MS).await;
+    sch.throttled(Some(Duration::from_secs(1)), before);
+    // A burst's other refusals come back together: requests sent before the cut were answered by it.
+    for _ in 0..20 {
+        sch.throttled(Some(Duration::from_secs(1)), before);
+    }
+    assert_eq!(sch.rate(), 90.0, "one burst of refusals, one cut");
+    tokio::time::sleep(50 * MS).await;
+    // A request sent at the cut pace is refused too: the pace is far over what the upstream accepts.
+    let after = Instant::now();
+    tokio::time::sleep(10 * MS).await;
+    sch.throttled(Some(Duration::from_secs(1)), after);
+    assert_eq!(sch.rate(), 90.0 * 0.75, "a refusal after a cut cuts a quarter");
+    let t0 = Instant::now();
+    s.upstream.read(&obj, 0..1, Purpose::New).await.expect("read");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= schedule::MAX_PAUSE && waited <= schedule::MAX_PAUSE + 10 * MS,
+        "a hard cut pauses everyone briefly: waited {waited:?}"
+    );
+    assert_eq!(s.metric("b2proxy_upstream_throttled_total", &[]), 22.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pace_at_the_upstreams_own_rate_keeps_its_throughput_through_bursts() {
+    // B2's account bucket at exactly the configured pace, with a smaller burst than the pace's own bucket: every
+    // burst's first requests meet its edge. The pace must stay near the rate, not ratchet down burst by burst.
+    let s = with_schedule(|c| {
+        c.max_rps = 100.0;
+        c.max_concurrency = 512;
+        c.initial_concurrency = 512;
+    });
+    let obj = s.source.add_file("f", pattern(4096, 27));
+    let bucket = Arc::new(crate::sync::Mutex::new((5.0f64, Instant::now())));
+    let b = bucket.clone();
+    s.source.script(move |c| {
+        let mut b = b.lock();
+        let (tokens, last) = *b;
+        let tokens = (tokens + c.started.duration_since(last).as_secs_f64() * 100.0).min(5.0);
+        if tokens >= 1.0 {
+            *b = (tokens - 1.0, c.started);
+            Step::after(20 * MS)
+        } else {
+            *b = (tokens, c.started);
+            Step::fail(2 * MS, too_many_requests())
+        }
+    });
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        // 150 reads offered within 0.3 s, every 2.5 s: 1.5 s of work at the pace, then a pause to refill.
+        let t0 = Instant::now();
+        assert_eq!(offer(&s, &obj, 150, 300 * MS).await, 0, "a 429 reached a reader");
+        slowest = slowest.max(t0.elapsed());
+        tokio::time::sleep_until(t0 + 2500 * MS).await;
+    }
+    let throttled = s.metric("b2proxy_upstream_throttled_total", &[]);
+    let calls = s.source.count() as f64;
+    assert!(throttled <= 0.05 * calls, "{throttled} 429s in {calls}");
+    // 1.5 s at 100/s; a read refused at the start waits its Retry-After of 1 s and is retried within it.
+    assert!(slowest <= 2 * Duration::from_secs(1), "a burst took {slowest:?}");
+    assert!(s.upstream.scheduler().rate() >= 85.0, "pace {}", s.upstream.scheduler().rate());
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_paced_a_throttle_does_not_shrink_the_concurrency_limit() {
+    let s = with_schedule(|c| {
+        c.max_rps = 1000.0;
+        c.initial_concurrency = 64;
+        c.adaptive = true;
+    });
+    let obj = s.source.add_file("f", pattern(4096, 28));
+    let n = std::sync::atomic::AtomicU32::new(0);
+    s.source.script(move |_| {
+        if n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10 == 0 {
+            Step::fail(2 * MS, too_many_requests())
+        } else {
+            Step::after(20 * MS)
+        }
+    });
+    assert_eq!(offer(&s, &obj, 100, 500 * MS).await, 0);
+    assert!(s.metric("b2proxy_upstream_throttled_total", &[]) >= 5.0);
+    assert!(s.upstream.scheduler().concurrency_limit() >= 64);
+}
+
 #[tokio::test(start_paused = true)]
 async fn hedges_stop_while_the_upstream_throttles() {
     let s = stack_with(|p| {
@@ -562,7 +705,7 @@ async fn hedges_stop_while_the_upstream_throttles() {
     let obj = s.source.add_file("f", pattern(4096, 24));
     s.upstream
         .scheduler()
-        .throttled(Some(Duration::from_millis(100)));
+        .throttled(Some(Duration::from_millis(100)), Instant::now());
     s.source.script(|_| Step::after(1000 * MS));
     s.upstream
         .read(&obj, 0..10, Purpose::New)
