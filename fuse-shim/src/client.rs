@@ -6,6 +6,7 @@
 //! flight), and that every answer is checked before its bytes are handed to the kernel: with the page cache,
 //! a short or misplaced answer would be cached as file content.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use serde::Deserialize;
 
+#[cfg(test)]
 use crate::tree::FileInfo;
 
 /// Characters escaped in one path segment: everything but RFC 3986 "unreserved" characters. The `/` between
@@ -103,23 +105,35 @@ pub enum ConfigError {
     Build(#[source] reqwest::Error),
 }
 
-/// One file as `GET /files` lists it.
+/// One file as `GET /files` lists it. The strings borrow from the page's body where they have no JSON
+/// escapes, so a page of names the tree already knows costs no allocation per name.
 #[derive(Debug, Deserialize)]
-struct WireFile {
-    name: String,
+struct WireFile<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
     size: u64,
-    #[serde(default)]
-    modified: Option<String>,
-    #[serde(default)]
-    id: Option<String>,
+    #[serde(default, borrow)]
+    modified: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct WireList {
-    files: Vec<WireFile>,
+struct WireList<'a> {
+    #[serde(borrow)]
+    files: Vec<WireFile<'a>>,
     /// The name to continue after, when the listing has more pages (absent from proxies without paging).
     #[serde(default)]
     next: Option<String>,
+}
+
+/// One file of a listing, as [`ProxyClient::list_files_each`] hands it over (borrowed from the page).
+#[derive(Debug, Clone, Copy)]
+pub struct Listed<'a> {
+    pub name: &'a str,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub id: &'a str,
 }
 
 /// Files per `GET /files` page (the most the proxy accepts): the proxy and the shim hold one page at a time.
@@ -186,9 +200,31 @@ impl ProxyClient {
         })
     }
 
-    /// `GET /files`, page by page (`limit`, `start_after`): the whole catalog.
+    /// `GET /files`, page by page (`limit`, `start_after`): the whole catalog, as a vector (tests only; the
+    /// refresh uses [`ProxyClient::list_files_each`]).
+    #[cfg(test)]
     pub async fn list_files(&self) -> Result<Vec<FileInfo>, ClientError> {
         let mut out = Vec::new();
+        self.list_files_each(|f| {
+            out.push(FileInfo {
+                name: f.name.into(),
+                size: f.size,
+                mtime: f.mtime,
+                id: f.id.into(),
+            })
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// `GET /files`, page by page (`limit`, `start_after`): hands every file of the catalog to `each`, one
+    /// page at a time, so only one page is held at once. Returns the number of files. A failure part way
+    /// through returns the error; the caller must then discard what it got.
+    pub async fn list_files_each(
+        &self,
+        mut each: impl FnMut(Listed<'_>),
+    ) -> Result<u64, ClientError> {
+        let mut count = 0u64;
         let mut after: Option<String> = None;
         for _ in 0..MAX_LIST_PAGES {
             let mut url = reqwest::Url::parse(&self.files_url)
@@ -204,20 +240,21 @@ impl ProxyClient {
                 return Err(status_error(status, &text_of(resp).await));
             }
             let body = resp.bytes().await.map_err(|e| self.map_reqwest(e))?;
-            let list: WireList = serde_json::from_slice(&body)
+            let list: WireList<'_> = serde_json::from_slice(&body)
                 .map_err(|e| ClientError::Protocol(format!("GET /files: bad JSON: {e}")))?;
-            out.extend(list.files.into_iter().map(|w| {
-                FileInfo {
+            for w in &list.files {
+                count += 1;
+                each(Listed {
+                    name: &w.name,
+                    size: w.size,
                     mtime: w
                         .modified
                         .as_deref()
                         .and_then(parse_rfc3339)
                         .unwrap_or(SystemTime::UNIX_EPOCH),
-                    id: w.id.unwrap_or_default(),
-                    name: w.name,
-                    size: w.size,
-                }
-            }));
+                    id: w.id.as_deref().unwrap_or_default(),
+                });
+            }
             match list.next {
                 Some(n) if after.as_deref().is_none_or(|a| n.as_str() > a) => after = Some(n),
                 Some(n) => {
@@ -225,7 +262,7 @@ impl ProxyClient {
                         "GET /files: page cursor went backwards ({n:?})"
                     )));
                 }
-                None => return Ok(out),
+                None => return Ok(count),
             }
         }
         Err(ClientError::Protocol(format!(
@@ -668,8 +705,8 @@ mod tests {
 
         let files = client.list_files().await.expect("list");
         assert_eq!(files.len(), 2);
-        assert_eq!(files[0].name, "d/a b.plot");
-        assert_eq!(files[0].id, "4_z1");
+        assert_eq!(&*files[0].name, "d/a b.plot");
+        assert_eq!(&*files[0].id, "4_z1");
         assert_eq!(
             files[0].mtime,
             humantime::parse_rfc3339("2026-11-24T10:00:00Z").expect("t")

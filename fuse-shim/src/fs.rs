@@ -19,13 +19,14 @@ use std::time::{Duration, Instant, SystemTime};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 use tracing::{debug, info, warn};
 
 use crate::client::{ClientError, ProxyClient};
 use crate::metrics::{Metrics, errno_name};
-use crate::tree::{self, FileInfo, InodeTable, Kind, Node, NodeKind, Tree};
+use crate::tree::{self, FileInfo, InodeTable, Kind, Node, NodeKind, Tree, TreeBuilder};
 
 /// Block size reported by `stat` (and used by `statfs`): a hint for tools like `cp` to read in large chunks.
 pub const BLKSIZE: u32 = 128 * 1024;
@@ -138,15 +139,20 @@ impl Shared {
             .or_else(|| handles.values().find_map(matches))
     }
 
+    /// The tree an open directory lists (its snapshot from `opendir`), or the current one.
+    fn dir_snapshot(&self, fh: u64) -> Arc<Tree> {
+        match self.handles().get(&fh) {
+            Some(Handle::Dir(t)) => t.clone(),
+            _ => self.tree(),
+        }
+    }
+
     fn drop_handle(&self, fh: u64) {
         self.handles().remove(&fh);
     }
 
     fn dir_attr(&self, node: &Node) -> FileAttr {
-        let subdirs = match &node.kind {
-            NodeKind::Dir { subdirs, .. } => *subdirs,
-            NodeKind::File(_) => 0,
-        };
+        let subdirs = node.dir().map_or(0, |d| d.subdirs);
         FileAttr {
             ino: INodeNo(node.ino),
             size: 0,
@@ -189,7 +195,7 @@ impl Shared {
     fn attr(&self, node: &Node) -> FileAttr {
         match &node.kind {
             NodeKind::File(f) => self.file_attr(node.ino, f),
-            NodeKind::Dir { .. } => self.dir_attr(node),
+            NodeKind::Dir(_) => self.dir_attr(node),
         }
     }
 
@@ -313,6 +319,13 @@ fn errno(code: i32) -> Errno {
     Errno::from_i32(code)
 }
 
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+    }
+}
+
 impl Filesystem for B2Fs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // Let a parallel proof's 32 reads (and readahead in page mode) be in flight at once.
@@ -323,8 +336,12 @@ impl Filesystem for B2Fs {
             warn!("kernel refused congestion_threshold={CONGESTION_THRESHOLD}; nearest {nearest}");
         }
         // Optional capabilities, only when the kernel has them: concurrent lookups in one directory (64 opens
-        // of the same plot), and mmap of direct-I/O files (otherwise mmap of a plot fails in direct mode).
-        let wanted = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        // of the same plot), mmap of direct-I/O files (otherwise mmap of a plot fails in direct mode), and
+        // READDIRPLUS on every readdir (not READDIRPLUS_AUTO, which uses it for the first batch only: `ls -l`
+        // of a million files reads the whole directory before it stats anything, and would then LOOKUP each).
+        let wanted = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
+            | InitFlags::FUSE_DO_READDIRPLUS;
         let available = config.capabilities() & wanted;
         if config.add_capabilities(available).is_err() {
             debug!("kernel refused optional capabilities {available:?}");
@@ -339,6 +356,7 @@ impl Filesystem for B2Fs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.shared.metrics.metadata_op("lookup");
         let tree = self.shared.tree();
         let Some(name) = name.to_str() else {
             // B2 names are UTF-8; anything else cannot exist here.
@@ -355,6 +373,7 @@ impl Filesystem for B2Fs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.shared.metrics.metadata_op("getattr");
         let ttl = &self.shared.cfg.attr_ttl;
         if let Some(node) = self.shared.tree().get(ino.0) {
             return reply.attr(ttl, &self.shared.attr(node));
@@ -468,22 +487,45 @@ impl Filesystem for B2Fs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let tree = match self.shared.handle(fh.0) {
-            Some(Handle::Dir(t)) => t,
-            _ => self.shared.tree(),
-        };
-        let entries = match tree.dir_entries(ino.0) {
+        self.shared.metrics.metadata_op("readdir");
+        let tree = self.shared.dir_snapshot(fh.0);
+        // Offsets are the position after an entry: the kernel passes back the last one it got.
+        let entries = match tree.dir_entries_from(ino.0, offset) {
             Ok(e) => e,
             Err(code) => return reply.error(errno(code)),
         };
-        // Offsets are 1-based positions in the listing: the kernel passes back the last one it got.
-        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(skip) {
-            let kind = match kind {
-                Kind::Dir => FileType::Directory,
-                Kind::File => FileType::RegularFile,
+        for (pos, child, kind, name) in entries {
+            if reply.add(INodeNo(child), pos + 1, file_type(kind), name) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    /// `readdir` with each entry's attributes (FUSE_DO_READDIRPLUS, asked for in `init`): the kernel caches
+    /// the entries and attributes for `--attr-ttl`, so `ls -l` or a harvester's plot scan that stats every
+    /// file after listing the directory costs no LOOKUP or GETATTR per file.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        self.shared.metrics.metadata_op("readdirplus");
+        let tree = self.shared.dir_snapshot(fh.0);
+        let entries = match tree.dir_entries_from(ino.0, offset) {
+            Ok(e) => e,
+            Err(code) => return reply.error(errno(code)),
+        };
+        let ttl = &self.shared.cfg.attr_ttl;
+        for (pos, child, _, name) in entries {
+            let Some(node) = tree.get(child) else {
+                continue;
             };
-            if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
+            let attr = self.shared.attr(node);
+            if reply.add(INodeNo(child), pos + 1, name, ttl, &attr, Generation(0)) {
                 break;
             }
         }
@@ -577,23 +619,31 @@ impl Refresher {
     /// Fetch the list and swap in the new tree. On failure the previous tree stays.
     pub async fn refresh_once(&mut self) -> Result<(), ClientError> {
         let m = &self.shared.metrics;
-        let files = match self.shared.client.list_files().await {
-            Ok(f) => f,
-            Err(e) => {
-                m.tree_refreshes.with_label_values(&["error"]).inc();
-                return Err(e);
-            }
-        };
-        let (tree, skipped) = Tree::build(files, &mut self.inodes, self.started);
+        // The tree is built as the pages arrive, sharing every unchanged file with the current tree: the
+        // refresh holds one page and the new tree's index beside the current tree, never the whole list.
+        // Readers keep using the current tree until the new one is swapped in.
+        let old = self.shared.tree();
+        let mut builder = TreeBuilder::new(&mut self.inodes, Some(&old), self.started);
+        let listed = self
+            .shared
+            .client
+            .list_files_each(|f| builder.add(f.name, f.size, f.mtime, f.id))
+            .await;
+        if let Err(e) = listed {
+            m.tree_refreshes.with_label_values(&["error"]).inc();
+            return Err(e);
+        }
+        let (tree, skipped) = builder.finish();
         for s in &skipped {
             // Logged at every refresh on purpose: a plot the harvester cannot see is worth noticing.
             warn!("not shown in the mount: {:?} ({:?})", s.name, s.reason);
         }
         let count = tree.file_count();
         let bytes = tree.total_bytes();
-        let old = self.shared.install(tree);
+        self.shared.install(tree);
         let new = self.shared.tree();
         let changes = tree::diff(&old, &new);
+        drop((old, new));
         m.tree_refreshes.with_label_values(&["ok"]).inc();
         m.tree_files.set(i64::try_from(count).unwrap_or(i64::MAX));
         if let Ok(d) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {

@@ -12,6 +12,9 @@ use prometheus::{
     TextEncoder,
 };
 
+/// The operations `b2fs_shim_metadata_requests_total` counts (each series exists from the start at 0).
+const METADATA_OPS: [&str; 4] = ["lookup", "getattr", "readdir", "readdirplus"];
+
 /// All metrics of one shim process.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -25,6 +28,8 @@ pub struct Metrics {
     pub tree_files: IntGauge,
     pub tree_refreshes: IntCounterVec,
     pub tree_last_success: IntGauge,
+    /// Metadata requests from the kernel, by operation (`lookup`, `getattr`, `readdir`, `readdirplus`).
+    pub metadata_ops: IntCounterVec,
 }
 
 impl Metrics {
@@ -79,6 +84,17 @@ impl Metrics {
         registry.register(Box::new(tree_files.clone()))?;
         registry.register(Box::new(tree_refreshes.clone()))?;
         registry.register(Box::new(tree_last_success.clone()))?;
+        let metadata_ops = IntCounterVec::new(
+            Opts::new(
+                "b2fs_shim_metadata_requests_total",
+                "Metadata requests from the kernel, by operation (lookup, getattr, readdir, readdirplus)",
+            ),
+            &["op"],
+        )?;
+        for op in METADATA_OPS {
+            metadata_ops.with_label_values(&[op]);
+        }
+        registry.register(Box::new(metadata_ops.clone()))?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "b2fs_shim_build_info",
@@ -105,7 +121,13 @@ impl Metrics {
             tree_files,
             tree_refreshes,
             tree_last_success,
+            metadata_ops,
         })
+    }
+
+    /// Count one metadata request from the kernel.
+    pub fn metadata_op(&self, op: &'static str) {
+        self.metadata_ops.with_label_values(&[op]).inc();
     }
 
     /// The metrics in the Prometheus text format.
@@ -169,8 +191,11 @@ mod tests {
             .with_label_values(&[errno_name(libc::EIO)])
             .inc();
         m.read_seconds.observe(0.003);
+        m.metadata_op("readdirplus");
         let text = m.render();
         assert!(text.contains("b2fs_shim_reads_total 1"), "{text}");
+        assert!(text.contains("b2fs_shim_metadata_requests_total{op=\"readdirplus\"} 1"));
+        assert!(text.contains("b2fs_shim_metadata_requests_total{op=\"lookup\"} 0"));
         assert!(text.contains("b2fs_shim_read_bytes_total 8191"));
         assert!(text.contains("b2fs_shim_read_errors_total{errno=\"EIO\"} 1"));
         assert!(text.contains("b2fs_shim_read_duration_seconds_bucket{le=\"0.005\"} 1"));

@@ -8,8 +8,15 @@
 //! every (path, kind) it has ever seen, so a refresh never renumbers a file. The kernel caches inode numbers
 //! in its dentries and open files, and a harvester may hold a plot open across many refreshes; a stable
 //! number for a name means those keep working and no generation numbers are needed.
+//!
+//! Sized for a million files (issue 16): each name is stored once, in an `Arc<str>` the inode table and the
+//! file share; nodes live in a vector indexed by inode number; a directory's children are a sorted vector of
+//! inode numbers (names are looked up by binary search and `readdir` resumes at an offset by indexing). A
+//! [`TreeBuilder`] takes the listing one entry at a time, so the shim never holds the whole list beside the
+//! tree, and it reuses the previous tree's [`FileInfo`] of every unchanged file, so a refresh adds only the
+//! new tree's index (about 60 bytes a file) to the memory in use, not a second copy of every name.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -22,34 +29,60 @@ pub const NAME_MAX: usize = 255;
 /// One file as the proxy lists it, with its modification time already parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileInfo {
-    /// Full B2 name, e.g. `farm1/plot.plot`; this is what the shim asks the proxy for.
-    pub name: String,
+    /// Full B2 name, e.g. `farm1/plot.plot`; this is what the shim asks the proxy for. Shared with the
+    /// [`InodeTable`], so a name is held once however many trees and handles refer to it.
+    pub name: Arc<str>,
     /// Size in bytes.
     pub size: u64,
     /// Modification time (the upload time in B2).
     pub mtime: SystemTime,
     /// B2 file id; it changes when a name is uploaded again, which tells a refresh the content changed.
-    pub id: String,
+    pub id: Box<str>,
 }
 
-/// Whether a node is a file or a directory; part of the inode key so that a name that turns from a file
-/// into a directory (or back) gets a new number and the kernel never sees one inode change its type.
+impl FileInfo {
+    /// The last segment of the name: what the file is called in its directory.
+    pub fn leaf(&self) -> &str {
+        leaf_of(&self.name)
+    }
+}
+
+fn leaf_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or(path, |(_, l)| l)
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+/// Whether a node is a file or a directory; files and directories are numbered apart, so that a name that
+/// turns from a file into a directory (or back) gets a new number and the kernel never sees one inode change
+/// its type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     File,
     Dir,
 }
 
+/// A directory's contents.
+#[derive(Debug, Clone)]
+pub struct DirNode {
+    /// Full path ("" for the root), shared with the [`InodeTable`].
+    pub path: Arc<str>,
+    /// Children's inode numbers, sorted by name (so `readdir` order and offsets are deterministic, and a name
+    /// is found by binary search).
+    pub children: Vec<u64>,
+    /// How many children are directories (for `nlink`).
+    pub subdirs: u32,
+}
+
 /// What a node is.
 #[derive(Debug, Clone)]
 pub enum NodeKind {
-    /// A directory: children by name (sorted, so `readdir` order and offsets are deterministic), and how many
-    /// of them are directories (for `nlink`).
-    Dir {
-        children: BTreeMap<String, u64>,
-        subdirs: u32,
-    },
-    /// A file; shared with open file handles, which keep the snapshot they opened.
+    /// A directory (boxed: there are few, and a file node stays small).
+    Dir(Box<DirNode>),
+    /// A file; shared with open file handles, which keep the snapshot they opened, and with the next tree when
+    /// it did not change.
     File(Arc<FileInfo>),
 }
 
@@ -66,25 +99,47 @@ pub struct Node {
 
 impl Node {
     pub fn is_dir(&self) -> bool {
-        matches!(self.kind, NodeKind::Dir { .. })
+        matches!(self.kind, NodeKind::Dir(_))
     }
 
     /// The file behind this node, if it is one.
     pub fn file(&self) -> Option<&Arc<FileInfo>> {
         match &self.kind {
             NodeKind::File(f) => Some(f),
-            NodeKind::Dir { .. } => None,
+            NodeKind::Dir(_) => None,
         }
+    }
+
+    /// The directory behind this node, if it is one.
+    pub fn dir(&self) -> Option<&DirNode> {
+        match &self.kind {
+            NodeKind::Dir(d) => Some(d),
+            NodeKind::File(_) => None,
+        }
+    }
+
+    /// The node's name in its parent directory ("" for the root).
+    pub fn leaf(&self) -> &str {
+        match &self.kind {
+            NodeKind::File(f) => f.leaf(),
+            NodeKind::Dir(d) => leaf_of(&d.path),
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        if self.is_dir() { Kind::Dir } else { Kind::File }
     }
 }
 
 /// Hands out inode numbers, stable for a (path, kind) for the life of the process.
 ///
 /// Numbers of names that disappear are kept (not reused): a few bytes per name ever seen is a small price for
-/// never handing a cached inode number to a different file.
+/// never handing a cached inode number to a different file. The names are the same `Arc<str>` the trees'
+/// files and directories hold.
 #[derive(Debug)]
 pub struct InodeTable {
-    known: HashMap<(String, Kind), u64>,
+    files: HashMap<Arc<str>, u64>,
+    dirs: HashMap<Arc<str>, u64>,
     next: u64,
 }
 
@@ -97,22 +152,31 @@ impl Default for InodeTable {
 impl InodeTable {
     pub fn new() -> Self {
         Self {
-            known: HashMap::new(),
+            files: HashMap::new(),
+            dirs: HashMap::new(),
             next: ROOT_INO + 1,
         }
     }
 
-    fn get_or_assign(&mut self, path: &str, kind: Kind) -> u64 {
-        if path.is_empty() && kind == Kind::Dir {
-            return ROOT_INO;
-        }
-        if let Some(&ino) = self.known.get(&(path.to_owned(), kind)) {
-            return ino;
+    /// The number of `path` as a `kind`, and the shared copy of the path.
+    fn get_or_assign(&mut self, path: &str, kind: Kind) -> (Arc<str>, u64) {
+        let map = match kind {
+            Kind::File => &mut self.files,
+            Kind::Dir => &mut self.dirs,
+        };
+        if let Some((name, &ino)) = map.get_key_value(path) {
+            return (name.clone(), ino);
         }
         let ino = self.next;
         self.next += 1;
-        self.known.insert((path.to_owned(), kind), ino);
-        ino
+        let name: Arc<str> = Arc::from(path);
+        map.insert(name.clone(), ino);
+        (name, ino)
+    }
+
+    /// One more than the highest number handed out so far.
+    fn end(&self) -> u64 {
+        self.next
     }
 }
 
@@ -138,195 +202,124 @@ pub struct Skipped {
 /// An immutable snapshot of the tree. A refresh builds a new one and swaps it in; readers hold an `Arc`.
 #[derive(Debug, Clone)]
 pub struct Tree {
-    nodes: HashMap<u64, Node>,
+    /// Indexed by inode number; `None` for numbers not in this tree (0, and names gone or not yet seen).
+    nodes: Vec<Option<Node>>,
     file_count: u64,
     total_bytes: u64,
+    inode_count: u64,
 }
 
-/// Check one B2 name; returns its segments if it can be shown as a path.
-fn segments(name: &str) -> Option<Vec<&str>> {
-    let segs: Vec<&str> = name.split('/').collect();
-    let ok = segs.iter().all(|s| {
-        !s.is_empty() && *s != "." && *s != ".." && !s.contains('\0') && s.len() <= NAME_MAX
-    });
-    ok.then_some(segs)
+/// Whether a B2 name can be shown as a path.
+fn valid_name(name: &str) -> bool {
+    name.split('/')
+        .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\0') && s.len() <= NAME_MAX)
+}
+
+fn root_node(mtime: SystemTime) -> Node {
+    Node {
+        ino: ROOT_INO,
+        parent: ROOT_INO,
+        mtime,
+        kind: NodeKind::Dir(Box::new(DirNode {
+            path: Arc::from(""),
+            children: Vec::new(),
+            subdirs: 0,
+        })),
+    }
 }
 
 impl Tree {
     /// A tree with only the root directory (used until the first successful listing).
     pub fn empty(root_mtime: SystemTime) -> Self {
-        let mut nodes = HashMap::new();
-        nodes.insert(
-            ROOT_INO,
-            Node {
-                ino: ROOT_INO,
-                parent: ROOT_INO,
-                mtime: root_mtime,
-                kind: NodeKind::Dir {
-                    children: BTreeMap::new(),
-                    subdirs: 0,
-                },
-            },
-        );
+        let mut nodes = vec![None; ROOT_INO as usize + 1];
+        nodes[ROOT_INO as usize] = Some(root_node(root_mtime));
         Self {
             nodes,
             file_count: 0,
             total_bytes: 0,
+            inode_count: 1,
         }
     }
 
-    /// Build a tree from the proxy's list. `empty_dir_mtime` is the mtime of directories with no files below
+    /// Build a tree from a whole list at once (see [`TreeBuilder`] for the refresh, which takes it page by
+    /// page and reuses the previous tree). `empty_dir_mtime` is the mtime of directories with no files below
     /// them (only the root can be one). Names that cannot be shown are returned in `skipped`.
+    #[cfg(test)]
     pub fn build(
         files: impl IntoIterator<Item = FileInfo>,
         inodes: &mut InodeTable,
         empty_dir_mtime: SystemTime,
     ) -> (Tree, Vec<Skipped>) {
-        let mut skipped = Vec::new();
-        let mut valid: Vec<FileInfo> = Vec::new();
-        let mut seen: BTreeSet<String> = BTreeSet::new();
-        // Every directory implied by a name, as its path ("" is the root) -> newest file mtime below it.
-        let mut dirs: BTreeMap<String, Option<SystemTime>> = BTreeMap::new();
-        dirs.insert(String::new(), None);
-
-        for file in files {
-            let Some(segs) = segments(&file.name) else {
-                skipped.push(Skipped {
-                    name: file.name,
-                    reason: SkipReason::InvalidName,
-                });
-                continue;
-            };
-            if !seen.insert(file.name.clone()) {
-                skipped.push(Skipped {
-                    name: file.name,
-                    reason: SkipReason::Duplicate,
-                });
-                continue;
-            }
-            // Register the root and every ancestor directory, carrying the file's mtime up to each.
-            let mut bump = |path: &str| {
-                let newest = dirs.entry(path.to_owned()).or_insert(None);
-                *newest = Some(newest.map_or(file.mtime, |m| m.max(file.mtime)));
-            };
-            bump("");
-            let mut path = String::new();
-            for seg in &segs[..segs.len() - 1] {
-                if !path.is_empty() {
-                    path.push('/');
-                }
-                path.push_str(seg);
-                bump(&path);
-            }
-            valid.push(file);
+        let mut b = TreeBuilder::new(inodes, None, empty_dir_mtime);
+        for f in files {
+            b.add(&f.name, f.size, f.mtime, &f.id);
         }
-
-        let mut tree = Tree::empty(empty_dir_mtime);
-        // Directories first, in path order, so every parent exists before its children.
-        for (path, mtime) in &dirs {
-            let ino = inodes.get_or_assign(path, Kind::Dir);
-            let (parent_path, leaf) = match path.rsplit_once('/') {
-                Some((p, l)) => (p, l),
-                None => ("", path.as_str()),
-            };
-            let parent = if path.is_empty() {
-                ROOT_INO
-            } else {
-                inodes.get_or_assign(parent_path, Kind::Dir)
-            };
-            tree.nodes.insert(
-                ino,
-                Node {
-                    ino,
-                    parent,
-                    mtime: mtime.unwrap_or(empty_dir_mtime),
-                    kind: NodeKind::Dir {
-                        children: BTreeMap::new(),
-                        subdirs: 0,
-                    },
-                },
-            );
-            if !path.is_empty() {
-                tree.attach(parent, leaf, ino, true);
-            }
-        }
-        for file in valid {
-            if dirs.contains_key(&file.name) {
-                skipped.push(Skipped {
-                    name: file.name,
-                    reason: SkipReason::FileIsAlsoDir,
-                });
-                continue;
-            }
-            let ino = inodes.get_or_assign(&file.name, Kind::File);
-            let (parent_path, leaf) = match file.name.rsplit_once('/') {
-                Some((p, l)) => (p, l.to_owned()),
-                None => ("", file.name.clone()),
-            };
-            let parent = inodes.get_or_assign(parent_path, Kind::Dir);
-            tree.file_count += 1;
-            tree.total_bytes = tree.total_bytes.saturating_add(file.size);
-            tree.nodes.insert(
-                ino,
-                Node {
-                    ino,
-                    parent,
-                    mtime: file.mtime,
-                    kind: NodeKind::File(Arc::new(file)),
-                },
-            );
-            tree.attach(parent, &leaf, ino, false);
-        }
-        (tree, skipped)
-    }
-
-    fn attach(&mut self, parent: u64, name: &str, ino: u64, is_dir: bool) {
-        if let Some(Node {
-            kind: NodeKind::Dir { children, subdirs },
-            ..
-        }) = self.nodes.get_mut(&parent)
-        {
-            children.insert(name.to_owned(), ino);
-            if is_dir {
-                *subdirs += 1;
-            }
-        }
+        b.finish()
     }
 
     /// The node with this inode number.
     pub fn get(&self, ino: u64) -> Option<&Node> {
-        self.nodes.get(&ino)
+        self.nodes.get(usize::try_from(ino).ok()?)?.as_ref()
     }
 
     /// Look `name` up in directory `parent`. `Err(libc::ENOENT)` if either is missing, `Err(libc::ENOTDIR)`
     /// if `parent` is a file.
     pub fn lookup(&self, parent: u64, name: &str) -> Result<&Node, i32> {
-        match &self.nodes.get(&parent).ok_or(libc::ENOENT)?.kind {
-            NodeKind::Dir { children, .. } => children
-                .get(name)
-                .and_then(|ino| self.nodes.get(ino))
-                .ok_or(libc::ENOENT),
-            NodeKind::File(_) => Err(libc::ENOTDIR),
-        }
+        let dir = self.dir(parent)?;
+        let i = dir
+            .children
+            .binary_search_by(|c| self.leaf(*c).cmp(name))
+            .map_err(|_| libc::ENOENT)?;
+        self.get(dir.children[i]).ok_or(libc::ENOENT)
     }
 
-    /// The entries of directory `ino` as `readdir` lists them: `.`, `..`, then the children by name.
+    fn leaf(&self, ino: u64) -> &str {
+        self.get(ino).map_or("", Node::leaf)
+    }
+
+    fn dir(&self, ino: u64) -> Result<&DirNode, i32> {
+        self.get(ino)
+            .ok_or(libc::ENOENT)?
+            .dir()
+            .ok_or(libc::ENOTDIR)
+    }
+
+    /// The entries of directory `ino` as `readdir` lists them, from position `offset` on (0-based: `.` is 0,
+    /// `..` is 1, then the children by name), as (position, inode, kind, name). Starting at any offset costs
+    /// the same: the kernel asks for a large directory a few dozen entries at a time.
+    pub fn dir_entries_from(
+        &self,
+        ino: u64,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = (u64, u64, Kind, &str)> + '_, i32> {
+        let node = self.get(ino).ok_or(libc::ENOENT)?;
+        let dir = node.dir().ok_or(libc::ENOTDIR)?;
+        let dots = [(ino, "."), (node.parent, "..")];
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        let dots = dots
+            .into_iter()
+            .enumerate()
+            .skip(skip)
+            .map(|(i, (ino, name))| (i as u64, ino, Kind::Dir, name));
+        let children = dir
+            .children
+            .iter()
+            .enumerate()
+            .skip(skip.saturating_sub(2))
+            .filter_map(move |(i, c)| {
+                let n = self.get(*c)?;
+                Some((i as u64 + 2, *c, n.kind(), n.leaf()))
+            });
+        Ok(dots.chain(children))
+    }
+
+    /// All entries of directory `ino` (see [`Tree::dir_entries_from`]), as (inode, kind, name).
+    #[cfg(test)]
     pub fn dir_entries(&self, ino: u64) -> Result<Vec<(u64, Kind, &str)>, i32> {
-        let node = self.nodes.get(&ino).ok_or(libc::ENOENT)?;
-        let NodeKind::Dir { children, .. } = &node.kind else {
-            return Err(libc::ENOTDIR);
-        };
-        let mut out = Vec::with_capacity(children.len() + 2);
-        out.push((ino, Kind::Dir, "."));
-        out.push((node.parent, Kind::Dir, ".."));
-        for (name, child) in children {
-            let kind = match self.nodes.get(child) {
-                Some(n) if n.is_dir() => Kind::Dir,
-                _ => Kind::File,
-            };
-            out.push((*child, kind, name.as_str()));
-        }
-        Ok(out)
+        Ok(self
+            .dir_entries_from(ino, 0)?
+            .map(|(_, ino, kind, name)| (ino, kind, name))
+            .collect())
     }
 
     /// Number of files in the tree.
@@ -341,19 +334,285 @@ impl Tree {
 
     /// Number of inodes (files and directories).
     pub fn inode_count(&self) -> u64 {
-        self.nodes.len() as u64
+        self.inode_count
     }
 
     /// The name of `ino` inside its parent directory (None for the root or an unknown inode).
     pub fn name_in_parent(&self, ino: u64) -> Option<&str> {
-        let node = self.nodes.get(&ino)?;
-        match &self.nodes.get(&node.parent)?.kind {
-            NodeKind::Dir { children, .. } => children
-                .iter()
-                .find(|(_, c)| **c == ino)
-                .map(|(n, _)| n.as_str()),
-            NodeKind::File(_) => None,
+        if ino == ROOT_INO {
+            return None;
         }
+        self.get(ino).map(Node::leaf)
+    }
+
+    fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().flatten()
+    }
+}
+
+/// Builds a [`Tree`] from the listing one entry at a time.
+///
+/// Entries may come in any order. Each name is checked, numbered by the [`InodeTable`] and placed under its
+/// directory at once; the directories' child lists, their `nlink` and mtimes, and the file-versus-directory
+/// conflicts are settled in [`TreeBuilder::finish`].
+pub struct TreeBuilder<'a> {
+    inodes: &'a mut InodeTable,
+    /// The tree this one replaces: unchanged files are shared with it rather than copied.
+    old: Option<&'a Tree>,
+    empty_dir_mtime: SystemTime,
+    nodes: Vec<Option<Node>>,
+    /// Directories in the order they were created (every parent before its children), with the newest mtime
+    /// of the files directly in them.
+    dirs: Vec<(u64, Option<SystemTime>)>,
+    /// Index in `dirs` by inode number.
+    dir_index: HashMap<u64, usize>,
+    /// The directory of the previous entry: listings come in name order, so most entries share it.
+    last_parent: Option<(Arc<str>, u64)>,
+    skipped: Vec<Skipped>,
+    file_count: u64,
+    total_bytes: u64,
+}
+
+impl<'a> TreeBuilder<'a> {
+    pub fn new(
+        inodes: &'a mut InodeTable,
+        old: Option<&'a Tree>,
+        empty_dir_mtime: SystemTime,
+    ) -> Self {
+        // Room for every number handed out so far: a refresh of a known listing never grows the vector.
+        let mut nodes = Vec::new();
+        nodes.resize(usize::try_from(inodes.end()).unwrap_or(0), None);
+        let mut b = Self {
+            inodes,
+            old,
+            empty_dir_mtime,
+            nodes,
+            dirs: Vec::new(),
+            dir_index: HashMap::new(),
+            last_parent: None,
+            skipped: Vec::new(),
+            file_count: 0,
+            total_bytes: 0,
+        };
+        b.put(root_node(empty_dir_mtime));
+        b.dir_index.insert(ROOT_INO, 0);
+        b.dirs.push((ROOT_INO, None));
+        b
+    }
+
+    fn slot(&mut self, ino: u64) -> &mut Option<Node> {
+        let i = usize::try_from(ino).unwrap_or(usize::MAX);
+        if i >= self.nodes.len() {
+            self.nodes.resize(i + 1, None);
+        }
+        &mut self.nodes[i]
+    }
+
+    fn put(&mut self, node: Node) {
+        let ino = node.ino;
+        *self.slot(ino) = Some(node);
+    }
+
+    /// The directory `path` ("" is the root), created with its ancestors if this tree does not have it yet.
+    fn dir(&mut self, path: &str) -> u64 {
+        if path.is_empty() {
+            return ROOT_INO;
+        }
+        let (path, ino) = self.inodes.get_or_assign(path, Kind::Dir);
+        if self.slot(ino).is_some() {
+            return ino;
+        }
+        let parent = self.dir(parent_of(&path));
+        self.put(Node {
+            ino,
+            parent,
+            mtime: self.empty_dir_mtime,
+            kind: NodeKind::Dir(Box::new(DirNode {
+                path,
+                children: Vec::new(),
+                subdirs: 0,
+            })),
+        });
+        self.dir_index.insert(ino, self.dirs.len());
+        self.dirs.push((ino, None));
+        ino
+    }
+
+    /// Add one listed file.
+    pub fn add(&mut self, name: &str, size: u64, mtime: SystemTime, id: &str) {
+        if !valid_name(name) {
+            self.skipped.push(Skipped {
+                name: name.to_owned(),
+                reason: SkipReason::InvalidName,
+            });
+            return;
+        }
+        let parent_path = parent_of(name);
+        let parent = match &self.last_parent {
+            Some((p, ino)) if **p == *parent_path => *ino,
+            _ => {
+                let ino = self.dir(parent_path);
+                let shared = self
+                    .get_dir_path(ino)
+                    .unwrap_or_else(|| Arc::from(parent_path));
+                self.last_parent = Some((shared, ino));
+                ino
+            }
+        };
+        let (shared_name, ino) = self.inodes.get_or_assign(name, Kind::File);
+        if self.slot(ino).is_some() {
+            self.skipped.push(Skipped {
+                name: name.to_owned(),
+                reason: SkipReason::Duplicate,
+            });
+            return;
+        }
+        let reused = self
+            .old
+            .and_then(|t| t.get(ino))
+            .and_then(Node::file)
+            .filter(|f| f.size == size && f.mtime == mtime && *f.id == *id)
+            .cloned();
+        let file = reused.unwrap_or_else(|| {
+            Arc::new(FileInfo {
+                name: shared_name,
+                size,
+                mtime,
+                id: id.into(),
+            })
+        });
+        if let Some(&i) = self.dir_index.get(&parent) {
+            let newest = &mut self.dirs[i].1;
+            *newest = Some(newest.map_or(mtime, |m| m.max(mtime)));
+        }
+        self.file_count += 1;
+        self.total_bytes = self.total_bytes.saturating_add(size);
+        self.put(Node {
+            ino,
+            parent,
+            mtime,
+            kind: NodeKind::File(file),
+        });
+    }
+
+    fn get_dir_path(&self, ino: u64) -> Option<Arc<str>> {
+        let node = self.nodes.get(usize::try_from(ino).ok()?)?.as_ref()?;
+        node.dir().map(|d| d.path.clone())
+    }
+
+    /// The finished tree, and the names left out of it.
+    pub fn finish(mut self) -> (Tree, Vec<Skipped>) {
+        // A name that is a file and also a directory: the directory wins.
+        for i in 1..self.dirs.len() {
+            let dir_ino = self.dirs[i].0;
+            let Some(path) = self.get_dir_path(dir_ino) else {
+                continue;
+            };
+            let Some(&file_ino) = self.inodes.files.get(&*path) else {
+                continue;
+            };
+            if let Some(Node {
+                kind: NodeKind::File(f),
+                ..
+            }) = self.slot(file_ino).take()
+            {
+                self.file_count -= 1;
+                self.total_bytes = self.total_bytes.saturating_sub(f.size);
+                self.skipped.push(Skipped {
+                    name: f.name.to_string(),
+                    reason: SkipReason::FileIsAlsoDir,
+                });
+            }
+        }
+        // Child lists, sized exactly: count first, then fill.
+        let mut counts: HashMap<u64, usize> = HashMap::with_capacity(self.dirs.len());
+        let mut inode_count = 0u64;
+        for node in self.nodes.iter().flatten() {
+            inode_count += 1;
+            if node.ino != ROOT_INO {
+                *counts.entry(node.parent).or_default() += 1;
+            }
+        }
+        for (ino, n) in &counts {
+            if let Some(Some(Node {
+                kind: NodeKind::Dir(d),
+                ..
+            })) = self.nodes.get_mut(*ino as usize)
+            {
+                d.children.reserve_exact(*n);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            let Some(node) = &self.nodes[i] else { continue };
+            if node.ino == ROOT_INO {
+                continue;
+            }
+            let (ino, parent, is_dir) = (node.ino, node.parent, node.is_dir());
+            if let Some(Some(Node {
+                kind: NodeKind::Dir(d),
+                ..
+            })) = self.nodes.get_mut(parent as usize)
+            {
+                d.children.push(ino);
+                if is_dir {
+                    d.subdirs += 1;
+                }
+            }
+        }
+        // Sort each directory's children by name (a listing in name order is mostly sorted already).
+        for &(dir_ino, _) in &self.dirs {
+            let Some(Some(Node {
+                kind: NodeKind::Dir(d),
+                ..
+            })) = self.nodes.get_mut(dir_ino as usize)
+            else {
+                continue;
+            };
+            let mut children = std::mem::take(&mut d.children);
+            let nodes = &self.nodes;
+            let leaf = |c: u64| {
+                nodes
+                    .get(c as usize)
+                    .and_then(Option::as_ref)
+                    .map_or("", Node::leaf)
+            };
+            children.sort_unstable_by(|a, b| leaf(*a).cmp(leaf(*b)));
+            if let Some(Some(Node {
+                kind: NodeKind::Dir(d),
+                ..
+            })) = self.nodes.get_mut(dir_ino as usize)
+            {
+                d.children = children;
+            }
+        }
+        // Directory mtimes: the newest below, children (created later) before their parents.
+        for i in (0..self.dirs.len()).rev() {
+            let (ino, newest) = self.dirs[i];
+            if let Some(newest) = newest {
+                let parent = self
+                    .nodes
+                    .get(ino as usize)
+                    .and_then(Option::as_ref)
+                    .map_or(ROOT_INO, |n| n.parent);
+                if ino != ROOT_INO
+                    && let Some(&pi) = self.dir_index.get(&parent)
+                {
+                    let p = &mut self.dirs[pi].1;
+                    *p = Some(p.map_or(newest, |m| m.max(newest)));
+                }
+            }
+            let mtime = self.dirs[i].1.unwrap_or(self.empty_dir_mtime);
+            if let Some(Some(node)) = self.nodes.get_mut(ino as usize) {
+                node.mtime = mtime;
+            }
+        }
+        let tree = Tree {
+            nodes: self.nodes,
+            file_count: self.file_count,
+            total_bytes: self.total_bytes,
+            inode_count,
+        };
+        (tree, self.skipped)
     }
 }
 
@@ -378,27 +637,24 @@ impl Changes {
 /// Compare two trees built with the same [`InodeTable`].
 pub fn diff(old: &Tree, new: &Tree) -> Changes {
     let mut changes = Changes::default();
-    for (ino, node) in &old.nodes {
-        match new.nodes.get(ino) {
+    for node in old.nodes() {
+        match new.get(node.ino) {
             None => {
-                if let Some(name) = old.name_in_parent(*ino) {
+                if let Some(name) = old.name_in_parent(node.ino) {
                     changes.removed.push((node.parent, name.to_owned()));
                 }
             }
             Some(new_node) => {
                 if let (Some(a), Some(b)) = (node.file(), new_node.file())
+                    && !Arc::ptr_eq(a, b)
                     && (a.id != b.id || a.size != b.size || a.mtime != b.mtime)
                 {
-                    changes.changed.push(*ino);
+                    changes.changed.push(node.ino);
                 }
             }
         }
     }
-    changes.added = new
-        .nodes
-        .keys()
-        .filter(|ino| !old.nodes.contains_key(ino))
-        .count();
+    changes.added = new.nodes().filter(|n| old.get(n.ino).is_none()).count();
     changes.removed.sort();
     changes.changed.sort_unstable();
     changes
@@ -415,10 +671,10 @@ mod tests {
 
     fn f(name: &str, size: u64, mtime: u64) -> FileInfo {
         FileInfo {
-            name: name.to_owned(),
+            name: name.into(),
             size,
             mtime: t(mtime),
-            id: format!("id-{name}"),
+            id: format!("id-{name}").into(),
         }
     }
 
@@ -475,7 +731,7 @@ mod tests {
         assert_eq!(x.parent, farm1.ino);
         let p2 = tree.lookup(x.ino, "p2.plot").expect("p2");
         assert_eq!(
-            p2.file().map(|f| f.name.as_str()),
+            p2.file().map(|f| &*f.name),
             Some("farm1/x/p2.plot"),
             "files keep their full B2 name for the proxy"
         );
@@ -501,10 +757,11 @@ mod tests {
         let farm1_entries = tree.dir_entries(farm1.ino).expect("farm1");
         assert_eq!(farm1_entries[1].0, ROOT_INO, ".. of farm1 is the root");
         assert_eq!(tree.dir_entries(p2.ino).err(), Some(libc::ENOTDIR));
-        match &tree.get(farm1.ino).expect("farm1").kind {
-            NodeKind::Dir { subdirs, .. } => assert_eq!(*subdirs, 1),
-            NodeKind::File(_) => panic!("farm1 is a dir"),
-        }
+        let farm1_dir = tree
+            .get(farm1.ino)
+            .and_then(Node::dir)
+            .expect("farm1 is a dir");
+        assert_eq!(farm1_dir.subdirs, 1);
         assert_eq!(tree.name_in_parent(x.ino), Some("x"));
         assert_eq!(tree.name_in_parent(ROOT_INO), None);
     }
@@ -579,7 +836,7 @@ mod tests {
 
         // New list in a different order: 2.plot re-uploaded (new id), 3.plot and dir b gone, 4.plot new.
         let mut two_new = f("a/2.plot", 2, 1);
-        two_new.id = "id-new".to_owned();
+        two_new.id = "id-new".into();
         let (new, _) = Tree::build(
             vec![f("c/4.plot", 4, 2), two_new, f("a/1.plot", 1, 1)],
             &mut inodes,
@@ -619,6 +876,89 @@ mod tests {
         let new_x = path_ino(&new, "x").expect("new x");
         assert_ne!(old_x, new_x);
         assert_eq!(diff(&old, &new).removed, vec![(ROOT_INO, "x".to_owned())]);
+    }
+
+    #[test]
+    fn readdir_resumes_at_any_offset_and_lookup_finds_every_name() {
+        let mut inodes = InodeTable::new();
+        // Out of name order on purpose: the children must still come out sorted.
+        let files: Vec<_> = (0..1000)
+            .rev()
+            .map(|i| f(&format!("d/p-{i:04}.plot"), i, i))
+            .chain([f("d/sub/x", 1, 1), f("d/a", 1, 1)])
+            .collect();
+        let (tree, skipped) = Tree::build(files, &mut inodes, t(0));
+        assert!(skipped.is_empty());
+        let d = path_ino(&tree, "d").expect("d");
+        let all = tree.dir_entries(d).expect("d");
+        assert_eq!(all.len(), 2 + 1002);
+        let names: Vec<&str> = all.iter().skip(2).map(|e| e.2).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted, "children in name order");
+        assert_eq!((all[0].2, all[1].2), (".", ".."));
+        assert_eq!(all[1].0, ROOT_INO);
+        // Resuming at offset k yields exactly the tail of the full listing, with positions k, k+1, ...
+        for k in [0u64, 1, 2, 3, 500, 1003, 1004, 5000] {
+            let tail: Vec<_> = tree.dir_entries_from(d, k).expect("from").collect();
+            let want = all.len().saturating_sub(k as usize);
+            assert_eq!(tail.len(), want, "offset {k}");
+            for (j, (pos, ino, kind, name)) in tail.into_iter().enumerate() {
+                let i = k as usize + j;
+                assert_eq!(pos, i as u64);
+                assert_eq!((ino, kind, name), all[i]);
+            }
+        }
+        for (ino, kind, name) in all.iter().skip(2) {
+            let n = tree.lookup(d, name).expect("lookup");
+            assert_eq!(n.ino, *ino);
+            assert_eq!(n.is_dir(), *kind == Kind::Dir);
+            assert_eq!(tree.name_in_parent(*ino), Some(*name));
+        }
+        assert_eq!(tree.lookup(d, "p-9999.plot").err(), Some(libc::ENOENT));
+        assert_eq!(tree.lookup(d, "").err(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn a_refresh_shares_unchanged_files_with_the_tree_it_replaces() {
+        let mut inodes = InodeTable::new();
+        let list = |gen_of_b: &str| {
+            vec![
+                f("x/a.plot", 1, 1),
+                FileInfo {
+                    id: gen_of_b.into(),
+                    ..f("x/b.plot", 2, 1)
+                },
+            ]
+        };
+        let (old, _) = Tree::build(list("id-1"), &mut inodes, t(0));
+        let mut b = TreeBuilder::new(&mut inodes, Some(&old), t(0));
+        for file in list("id-2") {
+            b.add(&file.name, file.size, file.mtime, &file.id);
+        }
+        let (new, _) = b.finish();
+        let a_old = old
+            .lookup(path_ino(&old, "x").expect("x"), "a.plot")
+            .expect("a");
+        let a_new = new
+            .lookup(path_ino(&new, "x").expect("x"), "a.plot")
+            .expect("a");
+        let (fa_old, fa_new) = (a_old.file().expect("f"), a_new.file().expect("f"));
+        assert!(Arc::ptr_eq(fa_old, fa_new), "unchanged file is shared");
+        let b_old = old
+            .lookup(path_ino(&old, "x").expect("x"), "b.plot")
+            .expect("b");
+        let b_new = new
+            .lookup(path_ino(&new, "x").expect("x"), "b.plot")
+            .expect("b");
+        let (fb_old, fb_new) = (b_old.file().expect("f"), b_new.file().expect("f"));
+        assert!(!Arc::ptr_eq(fb_old, fb_new), "a re-uploaded file is new");
+        assert!(
+            Arc::ptr_eq(&fb_old.name, &fb_new.name),
+            "its name is still the inode table's copy"
+        );
+        assert_eq!(&*fb_new.id, "id-2");
+        assert_eq!(diff(&old, &new).changed, vec![b_old.ino]);
     }
 
     #[test]

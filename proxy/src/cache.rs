@@ -19,6 +19,7 @@
 
 pub mod disk;
 pub(crate) mod refresh;
+pub mod writes;
 
 use std::io::{Read, Write};
 use std::panic::AssertUnwindSafe;
@@ -37,6 +38,8 @@ use futures::future::BoxFuture;
 use disk::SetupProblem;
 pub use disk::{DiskHealth, DiskTierState, FoyerFaultLayer};
 use refresh::DiskRefresh;
+pub use writes::WriteQueue;
+use writes::{Sent, WriteCheck};
 
 use crate::config::{Eviction, OnDiskError};
 
@@ -205,7 +208,10 @@ pub struct FoyerCache {
     inner: HybridCache<BlockKey, Block>,
     metrics: Arc<crate::metrics::Metrics>,
     /// Present with a disk tier.
-    refresh: Option<DiskRefresh>,
+    refresh: Option<Arc<DiskRefresh>>,
+    /// Present with a disk tier: checks that what was sent to it was written.
+    writes: Option<Arc<WriteCheck>>,
+    writes_task: Option<tokio::task::AbortHandle>,
     /// Present unless `cache.disk = 0`. Once degraded, only the memory tier is used.
     health: Option<Arc<DiskHealth>>,
     probe: Option<tokio::task::AbortHandle>,
@@ -227,6 +233,22 @@ impl FoyerCache {
         settings: &CacheSettings,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, CacheError> {
+        Self::open_with(
+            settings,
+            metrics,
+            WriteQueue::for_memory(settings.memory_bytes),
+            writes::CHECK_EVERY,
+        )
+        .await
+    }
+
+    /// [`FoyerCache::open`] with the disk tier's write queue and the period of its write check given.
+    pub async fn open_with(
+        settings: &CacheSettings,
+        metrics: Arc<crate::metrics::Metrics>,
+        queue: WriteQueue,
+        check_every: Duration,
+    ) -> Result<Self, CacheError> {
         // foyer's own metrics (op counts, latencies, disk I/O) land in the proxy's registry, under `foyer_*`.
         let registry = FoyerRegistry::new(metrics.registry.clone());
         if settings.disk_bytes == 0 {
@@ -237,6 +259,8 @@ impl FoyerCache {
                     .map_err(|e| CacheError::Open(e.to_string()))?,
                 metrics,
                 refresh: None,
+                writes: None,
+                writes_task: None,
                 health: None,
                 probe: None,
             });
@@ -246,22 +270,38 @@ impl FoyerCache {
             metrics.cache_errors.clone(),
         );
         disk::register(&health);
-        match open_disk(settings, &registry).await {
+        match open_disk(settings, &registry, queue).await {
             Ok((inner, files)) => {
                 metrics
                     .cache_disk_capacity_bytes
                     .set(i64::try_from(settings.disk_bytes).unwrap_or(i64::MAX));
                 let probe = disk::spawn_probe(Arc::downgrade(&health), files);
                 let region = region_size(settings.disk_bytes);
+                let refresh = Arc::new(DiskRefresh::new(
+                    settings.disk_bytes,
+                    settings.block_size,
+                    2 * region,
+                    metrics.cache_disk_rewritten_blocks.clone(),
+                    metrics.cache_disk_rewritten_bytes.clone(),
+                ));
+                let writes = Arc::new(WriteCheck::new(
+                    metrics.registry.clone(),
+                    metrics.cache_disk_dropped_writes.clone(),
+                    metrics.cache_disk_write_retries.clone(),
+                    queue,
+                ));
+                let writes_task = writes::spawn(
+                    writes.clone(),
+                    inner.clone(),
+                    refresh.clone(),
+                    Arc::downgrade(&health),
+                    check_every,
+                );
                 Ok(Self {
                     inner,
-                    refresh: Some(DiskRefresh::new(
-                        settings.disk_bytes,
-                        settings.block_size,
-                        2 * region,
-                        metrics.cache_disk_rewritten_blocks.clone(),
-                        metrics.cache_disk_rewritten_bytes.clone(),
-                    )),
+                    refresh: Some(refresh),
+                    writes: Some(writes),
+                    writes_task: Some(writes_task),
                     metrics,
                     health: Some(health),
                     probe: Some(probe),
@@ -286,6 +326,8 @@ impl FoyerCache {
                         .map_err(|e| CacheError::Open(e.to_string()))?,
                     metrics,
                     refresh: None,
+                    writes: None,
+                    writes_task: None,
                     health: Some(health),
                     probe: None,
                 })
@@ -355,6 +397,7 @@ fn builder(settings: &CacheSettings, registry: &FoyerRegistry) -> Builder {
 async fn open_disk(
     settings: &CacheSettings,
     registry: &FoyerRegistry,
+    queue: WriteQueue,
 ) -> Result<(HybridCache<BlockKey, Block>, Vec<std::path::PathBuf>), SetupProblem> {
     let dir = settings.disk_dir.clone();
     let disk_bytes = settings.disk_bytes as u64;
@@ -388,9 +431,10 @@ async fn open_disk(
         .with_engine_config(
             BlockEngineConfig::new(device)
                 .with_block_size(region)
-                // Bounded write buffer: counts toward the "small constant" above the memory budget.
-                .with_buffer_pool_size(8 << 20)
-                .with_submit_queue_size_threshold(16 << 20)
+                // Bounded write buffers and queue, sized for the fetch rate (see `WriteQueue::for_memory`).
+                .with_flushers(queue.flushers)
+                .with_buffer_pool_size(queue.buffer_pool)
+                .with_submit_queue_size_threshold(queue.queue_threshold)
                 // Strict FIFO (no early eviction of mostly-invalid regions), so a block's disk lifetime
                 // is the disk's capacity of writes, which is what `refresh` reckons with.
                 .with_eviction_pickers(vec![Box::new(FifoPicker::default())]),
@@ -458,11 +502,14 @@ impl BlockCache for FoyerCache {
                     {
                         if entry.properties().age() == Age::Young {
                             // Loaded from disk: foyer skips enqueueing such an entry, so insert it anew.
-                            self.inner.insert(key, Block(value.clone()));
+                            self.inner.insert(key.clone(), Block(value.clone()));
                         } else {
                             // To the disk log only (a new sequence, at its head): a memory-tier insert would
                             // restart the block's S3-FIFO standing.
                             self.inner.storage().enqueue(entry.piece(), false);
+                        }
+                        if let Some(w) = &self.writes {
+                            w.sent(key, entry.hash(), value.len(), Sent::Rewrite);
                         }
                     }
                     Some((value, tier))
@@ -509,6 +556,9 @@ impl BlockCache for FoyerCache {
                     if let Some(refresh) = &self.refresh {
                         refresh.inserted(entry.hash(), len);
                     }
+                    if let Some(w) = &self.writes {
+                        w.sent(key, entry.hash(), len, Sent::New);
+                    }
                     return;
                 }
                 Err(_) => self.fault("panic", "foyer panicked in an insertion"),
@@ -529,6 +579,9 @@ impl BlockCache for FoyerCache {
         async move {
             if let Some(p) = &self.probe {
                 p.abort();
+            }
+            if let Some(t) = &self.writes_task {
+                t.abort();
             }
             if self.health.as_ref().is_some_and(|h| h.is_degraded()) {
                 // foyer's disk engine may be wedged (a dead flusher, a poisoned lock): closing it could panic or
@@ -566,6 +619,9 @@ impl Drop for FoyerCache {
     fn drop(&mut self) {
         if let Some(p) = &self.probe {
             p.abort();
+        }
+        if let Some(t) = &self.writes_task {
+            t.abort();
         }
     }
 }
@@ -655,5 +711,160 @@ mod tests {
         assert_eq!(tier, Tier::Disk);
         assert!(v.iter().all(|&b| b == 2));
         cache.close().await.expect("close");
+    }
+
+    const BLOCK: usize = 64 << 10;
+
+    fn small_disk(dir: &std::path::Path) -> CacheSettings {
+        CacheSettings {
+            // Both tiers hold every block of the tests below: nothing is evicted, so a block missing from the disk
+            // index was dropped, and a dropped one can be retried from memory.
+            memory_bytes: 64 << 20,
+            disk_bytes: 64 << 20,
+            disk_dir: dir.to_path_buf(),
+            block_size: BLOCK,
+            eviction: Eviction::default(),
+            on_disk_error: OnDiskError::Fail,
+        }
+    }
+
+    /// A queue that holds four blocks: inserts sent back to back overflow it.
+    const TINY_QUEUE: WriteQueue = WriteQueue {
+        flushers: 1,
+        buffer_pool: 1 << 20,
+        queue_threshold: 4 * BLOCK,
+    };
+
+    fn block(i: u64) -> Bytes {
+        Bytes::from(vec![i as u8; BLOCK])
+    }
+
+    /// foyer's own count of dropped disk writes (what the proxy's counter must equal).
+    fn foyer_dropped(m: &crate::metrics::Metrics) -> u64 {
+        m.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "foyer_storage_inner_op_total")
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| {
+                m.get_label().iter().any(|l| {
+                    l.name() == "op"
+                        && (l.value() == "channel_overflow" || l.value() == "buffer_overflow")
+                })
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    async fn all_served_from_disk_after_restart(settings: &CacheSettings, n: u64) {
+        let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
+        let cache = FoyerCache::open(settings, metrics).await.expect("reopen");
+        for i in 0..n {
+            let (v, tier) = cache.get(&key(i), BLOCK).await.unwrap_or_else(|| {
+                panic!("block {i} is not on disk after the restart: it would be fetched again")
+            });
+            assert_eq!(tier, Tier::Disk);
+            assert!(v.iter().all(|&b| b == i as u8), "block {i} content");
+        }
+        cache.close().await.expect("close");
+    }
+
+    #[tokio::test]
+    async fn dropped_disk_writes_are_counted_exactly_and_written_again() {
+        const N: u64 = 200;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = small_disk(dir.path());
+        let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
+        // The check runs when the test says, so the drops can be counted before it repairs them.
+        let cache = FoyerCache::open_with(
+            &settings,
+            metrics.clone(),
+            TINY_QUEUE,
+            Duration::from_secs(3600),
+        )
+        .await
+        .expect("open");
+        // Back to back on this current-thread runtime: foyer's flusher cannot run before the test awaits, so
+        // all but the first few writes overflow the queue, as a warm-up outrunning the flusher does.
+        for i in 0..N {
+            cache.insert(key(i), block(i));
+        }
+        cache.inner.storage().wait().await;
+        let on_disk = |c: &FoyerCache| {
+            (0..N)
+                .filter(|&i| c.inner.storage().may_contains(&key(i)))
+                .count() as u64
+        };
+        let dropped = N - on_disk(&cache);
+        assert!(
+            dropped > N / 2,
+            "the tiny queue must drop writes: {dropped} dropped"
+        );
+        assert_eq!(
+            foyer_dropped(&metrics),
+            dropped,
+            "foyer's count is the blocks missing on disk"
+        );
+
+        let writes = cache.writes.clone().expect("disk tier");
+        let refresh = cache.refresh.clone().expect("disk tier");
+        writes.check(&cache.inner, &refresh).await;
+        assert_eq!(metrics.cache_disk_dropped_writes.get(), dropped);
+        assert_eq!(metrics.cache_disk_write_retries.get(), dropped);
+        assert_eq!(on_disk(&cache), N, "every dropped block was written again");
+        assert_eq!(
+            foyer_dropped(&metrics),
+            dropped,
+            "retries are sent no faster than the queue takes them"
+        );
+        cache.close().await.expect("close");
+        drop(cache);
+        all_served_from_disk_after_restart(&settings, N).await;
+    }
+
+    #[tokio::test]
+    async fn the_background_check_repairs_drops_and_counts_them() {
+        const N: u64 = 150;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = small_disk(dir.path());
+        let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
+        let cache = FoyerCache::open_with(
+            &settings,
+            metrics.clone(),
+            TINY_QUEUE,
+            Duration::from_millis(50),
+        )
+        .await
+        .expect("open");
+        // Back to back without an await, as above: the queue overflows before the flusher runs.
+        for i in 0..N {
+            cache.insert(key(i), block(i));
+        }
+        // Bounded: each check writes four blocks per flush, ~40 flushes of 256 KiB; 60 s is far more than a
+        // loaded machine needs.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while (0..N).any(|i| !cache.inner.storage().may_contains(&key(i))) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dropped writes not repaired"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            metrics.cache_disk_write_retries.get() > 0,
+            "the queue dropped nothing"
+        );
+        // The proxy's counter catches up with foyer's at the next check.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while metrics.cache_disk_dropped_writes.get() != foyer_dropped(&metrics) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the drop counter does not match foyer's"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cache.close().await.expect("close");
+        drop(cache);
+        all_served_from_disk_after_restart(&settings, N).await;
     }
 }

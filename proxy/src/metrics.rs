@@ -39,6 +39,8 @@ pub struct Metrics {
     pub cache_inserted_bytes: IntCounter,
     pub cache_disk_rewritten_blocks: IntCounter,
     pub cache_disk_rewritten_bytes: IntCounter,
+    pub cache_disk_dropped_writes: IntCounter,
+    pub cache_disk_write_retries: IntCounter,
     pub cache_errors: IntCounterVec,
     pub cache_disk_degraded: IntGauge,
     pub response_buffer_bytes: IntGauge,
@@ -176,6 +178,17 @@ impl Metrics {
                 &r,
                 "cache_disk_rewritten_bytes_total",
                 "Bytes of blocks written again to keep them on disk",
+            )?,
+            cache_disk_dropped_writes: counter(
+                &r,
+                "cache_disk_dropped_writes_total",
+                "Block writes the disk tier dropped because its write queue was full (foyer's own count); a \
+                 dropped new block is written again (b2proxy_cache_disk_write_retries_total)",
+            )?,
+            cache_disk_write_retries: counter(
+                &r,
+                "cache_disk_write_retries_total",
+                "Blocks written to the disk tier again because their first write was dropped",
             )?,
             cache_errors: counter_vec(
                 &r,

@@ -96,6 +96,13 @@ impl DiskRefresh {
             });
     }
 
+    /// The block's last disk write was dropped: its next read rewrites it (when tokens allow), as if its disk copy
+    /// were old.
+    pub fn forget(&self, hash: u64) {
+        self.slot(hash)
+            .store(self.epoch().wrapping_sub(REFRESH_AGE), Ordering::Relaxed);
+    }
+
     /// A cached block of `bytes` was read: true if it must be written again (and is then accounted as such).
     pub fn should_rewrite(&self, hash: u64, bytes: usize) -> bool {
         let slot = self.slot(hash);
