@@ -12,7 +12,7 @@
 //!   with `Retry-After` (a *throttle*) of a request sent at the current pace cuts the pace: by a tenth at first
 //!   (a pace at the account's rate meets the edge of B2's bucket now and then, since requests granted evenly
 //!   arrive unevenly), and by a quarter, with a brief pause of the whole upstream ([`MAX_PAUSE`]), when a request
-//!   sent after a cut within [`ESCALATE`] is refused too (the pace is far over what B2 accepts). Throttles of
+//!   sent after a cut (and its first two intervals) within [`ESCALATE`] is refused too (the pace is far over what B2 accepts). Throttles of
 //!   requests sent before the last cut were answered by it and change nothing, so one burst of refusals is one
 //!   cut. The pace remembers the rate that was refused: each calm second gives back a quarter of the configured
 //!   rate up to just under it ([`NEAR_REFUSED`]), then 2% a second above it, so it returns within a second or
@@ -135,7 +135,8 @@ struct State {
     refilled: Instant,
     paused_until: Option<Instant>,
     last_throttle: Option<Instant>,
-    /// When the pace was last cut: throttles of requests sent before it were answered by that cut.
+    /// Just after the pace was last cut (two intervals of the new pace): throttles of requests sent before it
+    /// were answered by that cut.
     last_cut: Option<Instant>,
     /// The rate that was refused last (the pace, or what was really sent, when the upstream throttled): the
     /// pace climbs back fast to just under it and probes slowly above it.
@@ -154,10 +155,8 @@ struct State {
     baseline: Option<f64>,
     window_min: Option<f64>,
     baseline_since: Instant,
-    /// Grants counted for the observed rate.
+    /// Start of the current second of pace adaptation.
     window_start: Instant,
-    window_grants: u64,
-    observed_rps: f64,
     queues: [VecDeque<Waiter>; 3],
     closed: bool,
 }
@@ -242,8 +241,6 @@ impl Scheduler {
                 window_min: None,
                 baseline_since: now,
                 window_start: now,
-                window_grants: 0,
-                observed_rps: 0.0,
                 queues: Default::default(),
                 closed: false,
             }),
@@ -271,6 +268,9 @@ impl Scheduler {
             }
             let now = Instant::now();
             refill(&mut st, now);
+            // Here too, not only in the pump: traffic that comes in bursts has its throttles at each burst's
+            // start, before the pump would look, and the pace must climb back in the calm between bursts.
+            self.adapt_rate(&mut st, now);
             let ahead = st.queues[..=class as usize].iter().any(|q| !q.is_empty())
                 || self.aged_head(&st, now).is_some();
             if !ahead && can_grant(&st, now) {
@@ -331,7 +331,10 @@ impl Scheduler {
             // Sent before the last cut: that cut was the answer to it (a burst's refusals come back together).
             return;
         }
-        let hard = !paced || st.last_cut.is_some_and(|t| now.duration_since(t) < ESCALATE);
+        let hard = !paced
+            || st
+                .last_cut
+                .is_some_and(|t| now.saturating_duration_since(t) < ESCALATE);
         if let Some(ra) = retry_after
             && hard
         {
@@ -342,17 +345,23 @@ impl Scheduler {
             // Pacing is off: the pause above is all (and retries back off on their own).
             return;
         }
-        // Cut from the pace, or from what was really sent when traffic ran far below the pace (a pace far above
-        // the traffic says nothing about what the upstream accepts).
-        let from = if st.observed_rps > 0.0 && st.observed_rps < st.rate * 0.5 {
-            st.observed_rps
-        } else {
-            st.rate
-        };
-        st.refused_rate = Some(from);
+        // Cut from the pace, not from a rate measured over a window: traffic comes in bursts, and a burst runs at
+        // the pace however idle the second around it was. A pace far above what the upstream accepts comes down
+        // by escalation instead (a quarter per refusal of a request sent after the last cut).
+        let from = st.rate;
+        // The edge of the upstream's bucket is met again at every burst whatever the pace, so a gentle cut never
+        // lowers the remembered refused rate (else bursts would ratchet the pace down one tenth at a time); a
+        // hard cut, refused at a cut pace, does.
+        st.refused_rate = Some(match st.refused_rate {
+            Some(r) if !hard => r.max(from),
+            _ => from,
+        });
         st.rate = (from * if hard { HARD_CUT } else { GENTLE_CUT }).max(1.0);
-        st.tokens = st.tokens.min(1.0);
-        st.last_cut = Some(now);
+        // An empty bucket: the next request goes one interval of the new pace later. Requests sent within two
+        // intervals still meet the upstream's bucket as the burst left it, so only later ones say the cut pace
+        // is refused too.
+        st.tokens = 0.0;
+        st.last_cut = Some(now + Duration::from_secs_f64(2.0 / st.rate));
         self.metrics.upstream_rate_limit.set(st.rate);
         tracing::warn!(
             rate = st.rate,
@@ -378,7 +387,6 @@ impl Scheduler {
         if st.rate > 0.0 {
             st.tokens -= 1.0;
         }
-        st.window_grants += 1;
         Permit {
             scheduler: self.clone(),
             granted: now,
@@ -438,8 +446,11 @@ impl Scheduler {
             return None;
         }
         let paused = st.paused_until.filter(|t| *t > now);
-        let token_at = (st.rate > 0.0 && st.tokens < 1.0)
-            .then(|| now + Duration::from_secs_f64((1.0 - st.tokens) / st.rate));
+        // At least a millisecond (the timer's resolution): a token a hair short of whole would otherwise wake
+        // the pump at `now` again and again without the clock moving (a busy loop; forever on a paused clock).
+        let token_at = (st.rate > 0.0 && st.tokens < 1.0).then(|| {
+            now + Duration::from_secs_f64((1.0 - st.tokens) / st.rate).max(Duration::from_millis(1))
+        });
         paused
             .max(token_at)
             .or(Some(now + Duration::from_millis(10)))
@@ -449,15 +460,18 @@ impl Scheduler {
     fn adapt_rate(&self, st: &mut State, now: Instant) {
         let elapsed = now.duration_since(st.window_start);
         if elapsed >= Duration::from_secs(1) {
-            st.observed_rps = st.window_grants as f64 / elapsed.as_secs_f64();
-            st.window_grants = 0;
             st.window_start = now;
             let calm = st
                 .last_throttle
                 .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
             let max = self.settings.max_rps;
             if calm && max > 0.0 && st.rate < max {
-                st.rate = climb(st.rate, max, st.refused_rate, elapsed.as_secs_f64().min(5.0));
+                st.rate = climb(
+                    st.rate,
+                    max,
+                    st.refused_rate,
+                    elapsed.as_secs_f64().min(5.0),
+                );
                 self.metrics.upstream_rate_limit.set(st.rate);
             }
         }
