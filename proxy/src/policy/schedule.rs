@@ -12,11 +12,12 @@
 //!   with `Retry-After` (a *throttle*) of a request sent at the current pace cuts the pace: by a tenth at first
 //!   (a pace at the account's rate meets the edge of B2's bucket now and then, since requests granted evenly
 //!   arrive unevenly), and by a quarter, with a brief pause of the whole upstream ([`MAX_PAUSE`]), when a request
-//!   sent after a cut (and its first two intervals) within [`ESCALATE`] is refused too (the pace is far over what B2 accepts). Throttles of
-//!   requests sent before the last cut were answered by it and change nothing, so one burst of refusals is one
-//!   cut. The pace remembers the rate that was refused: each calm second gives back a quarter of the configured
-//!   rate up to just under it ([`NEAR_REFUSED`]), then 2% a second above it, so it returns within a second or
-//!   two to where B2 accepted it and probes slowly past that instead of hitting the same wall at full speed.
+//!   sent after a cut (and its first two intervals) within [`ESCALATE`] is refused too (the pace is far over
+//!   what B2 accepts). Throttles of requests sent before the last cut were answered by it and change nothing,
+//!   so one burst of refusals is one cut. The pace remembers the rate that was refused (gentle cuts never lower
+//!   it): each calm second gives back a quarter of the configured rate up to just under it ([`NEAR_REFUSED`]),
+//!   then 2% a second above it, so it returns within a second or two to where B2 accepted it and probes slowly
+//!   past that instead of hitting the same wall at full speed.
 //!   The throttled request itself waits its whole `Retry-After`. With a pace, a throttle is no signal for the
 //!   concurrency limit (the pace answers it). With `max_rps` 0 there is no pace at all, only the pause, on
 //!   every throttle.
