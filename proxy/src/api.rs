@@ -338,6 +338,27 @@ async fn healthz(State(state): State<AppState>) -> Response {
             })
         }
     };
+    let hot = state.fetcher.hot_set().report_now();
+    if hot.too_small {
+        reasons.push(format!(
+            "the {} tier ({}) is too small for the hot set (~{} read again within {}): re-read blocks go \
+             upstream again; set cache.disk to at least {}",
+            hot.tier,
+            bytesize::ByteSize(hot.tier_bytes),
+            bytesize::ByteSize(hot.estimated_bytes),
+            humantime::format_duration(hot.window),
+            bytesize::ByteSize(hot.advice_disk_bytes.unwrap_or(0)),
+        ));
+    }
+    let hot_json = serde_json::json!({
+        "estimated_bytes": hot.estimated_bytes,
+        "window": humantime::format_duration(hot.window).to_string(),
+        "tier": hot.tier,
+        "tier_bytes": hot.tier_bytes,
+        "refetched_bytes": hot.refetched_bytes,
+        "fits": !hot.too_small,
+        "advice_disk_bytes": hot.advice_disk_bytes,
+    });
     let status = if !available {
         "unavailable"
     } else if reasons.is_empty() {
@@ -353,6 +374,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "upstream_circuit": if circuit_open { "open" } else { "closed" },
         "upstream_error": src.last_error,
         "cache_disk": disk_json,
+        "cache_hot_set": hot_json,
         "catalog": {
             "loaded": cat.loaded,
             "files": cat.files,

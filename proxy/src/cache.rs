@@ -18,6 +18,7 @@
 //! still tries that in a background task, where a panic is contained by tokio).
 
 pub mod disk;
+pub mod hotset;
 pub(crate) mod refresh;
 pub mod writes;
 

@@ -196,6 +196,15 @@ pub struct CacheConfig {
     /// filesystem can hold) does: stop the proxy, or run with the memory tier only.
     #[serde(default)]
     pub on_disk_error: OnDiskError,
+    /// Two reads of a block at most this far apart make it part of the hot set, which the proxy estimates and
+    /// compares with the tiers (`b2proxy_cache_hot_set_bytes`, a WARN and `/healthz` when it does not fit).
+    /// Several times the interval at which each plot is looked up again (~80 minutes for a Chia farm).
+    #[serde(default = "default_hot_set_window", with = "humantime_serde")]
+    pub hot_set_window: Duration,
+}
+
+fn default_hot_set_window() -> Duration {
+    crate::cache::hotset::DEFAULT_WINDOW
 }
 
 /// `cache.on_disk_error`. Whatever it says, an I/O error on the disk tier while running degrades to memory-only
@@ -266,6 +275,7 @@ impl Default for CacheConfig {
             block_size: default_block_size(),
             eviction: Eviction::default(),
             on_disk_error: OnDiskError::default(),
+            hot_set_window: default_hot_set_window(),
         }
     }
 }
@@ -662,6 +672,15 @@ impl Config {
             return Err(invalid(
                 "fetch.hedge_floor",
                 "must not exceed fetch.hedge_ceiling",
+            ));
+        }
+        if self.cache.hot_set_window < Duration::from_secs(10) {
+            return Err(invalid(
+                "cache.hot_set_window",
+                format!(
+                    "{} is too short: must be at least 10s (reads closer than 2s count as one read)",
+                    humantime::format_duration(self.cache.hot_set_window)
+                ),
             ));
         }
         if self.catalog.refresh < MIN_CATALOG_REFRESH {

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub cache_disk_write_retries: IntCounter,
     pub cache_errors: IntCounterVec,
     pub cache_disk_degraded: IntGauge,
+    pub cache_hot_set_bytes: IntGauge,
+    pub cache_hot_refetched_bytes: IntCounter,
     pub response_buffer_bytes: IntGauge,
     pub send_timeouts: IntCounter,
     pub upstream_requests: IntCounterVec,
@@ -201,6 +203,18 @@ impl Metrics {
                 &r,
                 "cache_disk_degraded",
                 "1 while the disk tier has failed (or could not be set up) and the cache runs from memory only",
+            )?,
+            cache_hot_set_bytes: int_gauge(
+                &r,
+                "cache_hot_set_bytes",
+                "Estimated hot set: bytes of blocks read again within cache.hot_set_window (sampled); the disk \
+                 tier (or the memory tier without one) should be about three times larger",
+            )?,
+            cache_hot_refetched_bytes: counter(
+                &r,
+                "cache_hot_refetched_bytes_total",
+                "Estimated bytes of blocks read again within cache.hot_set_window that were in no tier and went \
+                 upstream again: the cache is too small for its hot set",
             )?,
             response_buffer_bytes: int_gauge(
                 &r,

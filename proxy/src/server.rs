@@ -10,7 +10,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppState, router};
-use crate::cache::{BlockCache, CacheSettings, FoyerCache};
+use crate::cache::hotset::{self, HotSet};
+use crate::cache::{BlockCache, CacheSettings, DiskTierState, FoyerCache};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::fetch::{FetchSettings, Fetcher};
@@ -32,6 +33,8 @@ const PROMOTE_AFTER: Duration = Duration::from_millis(750);
 const LIST_DEADLINE: Duration = Duration::from_secs(60);
 
 /// How long shutdown waits for open requests before closing the cache anyway.
+/// How often the hot-set estimate is compared with the tiers (and its gauge updated).
+const HOT_SET_CHECK: Duration = Duration::from_secs(10);
 const DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,7 @@ pub struct Proxy {
     cancel: CancellationToken,
     server: JoinHandle<()>,
     catalog_task: JoinHandle<()>,
+    hot_set_task: JoinHandle<()>,
     cache: Arc<dyn BlockCache>,
     upstream: Arc<Upstream>,
 }
@@ -152,6 +156,18 @@ impl Proxy {
             metrics.clone(),
         );
         let cat = catalog.clone();
+        let hot = Arc::new(HotSet::with_metrics(
+            config.cache.memory.as_u64(),
+            // A disk tier that could not be set up is not there to hold anything.
+            if cache.disk_state() == DiskTierState::Ok {
+                config.cache.disk.as_u64()
+            } else {
+                0
+            },
+            config.cache.block_size.as_u64(),
+            config.cache.hot_set_window,
+            &metrics,
+        ));
         let fetcher = Arc::new(Fetcher::new(
             upstream.clone(),
             cache.clone(),
@@ -161,6 +177,7 @@ impl Proxy {
                 readahead_max: f.readahead_max.as_u64(),
             },
             metrics.clone(),
+            hot.clone(),
             Box::new(move || cat.request_refresh()),
         ));
 
@@ -185,6 +202,7 @@ impl Proxy {
         let cancel = CancellationToken::new();
         let catalog_task =
             tokio::spawn(catalog.clone().run(config.catalog.refresh, cancel.clone()));
+        let hot_set_task = hotset::spawn_check(hot, HOT_SET_CHECK, cancel.clone());
         let budget = Arc::new(ResponseBudget::new(
             config.server.max_response_buffer.as_u64() as usize,
             config.server.send_timeout,
@@ -218,6 +236,7 @@ impl Proxy {
             cancel,
             server,
             catalog_task,
+            hot_set_task,
             cache,
             upstream,
         })
@@ -237,6 +256,9 @@ impl Proxy {
         }
         if let Err(e) = self.catalog_task.await {
             tracing::error!(error = %e, "the catalog task failed");
+        }
+        if let Err(e) = self.hot_set_task.await {
+            tracing::error!(error = %e, "the hot-set check failed");
         }
         self.upstream.close();
         match self.cache.close().await {

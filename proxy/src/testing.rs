@@ -129,11 +129,19 @@ impl Stack {
         let cache = Arc::new(MapCache::default());
         let changed = Arc::new(AtomicU64::new(0));
         let c = changed.clone();
+        let hot = Arc::new(crate::cache::hotset::HotSet::with_metrics(
+            1 << 30,
+            0,
+            fetch.block_size,
+            crate::cache::hotset::DEFAULT_WINDOW,
+            &metrics,
+        ));
         let fetcher = Arc::new(Fetcher::new(
             upstream.clone(),
             cache.clone(),
             fetch,
             metrics.clone(),
+            hot,
             Box::new(move || {
                 c.fetch_add(1, Ordering::Relaxed);
             }),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use b2_proxy::api::{AppState, router};
+use b2_proxy::cache::hotset::{DEFAULT_WINDOW, HotSet};
 use b2_proxy::cache::{BlockCache, CacheSettings, FoyerCache};
 use b2_proxy::catalog::Catalog;
 use b2_proxy::config::FetchConfig;
@@ -78,6 +79,13 @@ fn fixture() -> Fixture {
                 readahead_max: 0,
             },
             metrics.clone(),
+            Arc::new(HotSet::with_metrics(
+                64 << 20,
+                0,
+                64 << 10,
+                DEFAULT_WINDOW,
+                &metrics,
+            )),
             Box::new(|| {}),
         ));
         router(AppState {

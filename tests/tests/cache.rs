@@ -1,6 +1,7 @@
 //! Block cache behaviour, counted with the emulator's request stats: hits make no upstream request, concurrent
 //! misses share one, Chia pairs cost one request, restarts (clean and SIGKILL) keep the disk tier, budgets hold,
-//! replaced files serve their new bytes, sequential streams run near the upstream bandwidth.
+//! replaced files serve their new bytes, sequential streams run near the upstream bandwidth, and a disk tier too
+//! small for the hot set says so in /healthz.
 
 mod common;
 
@@ -437,4 +438,72 @@ async fn hot_blocks_survive_disk_churn_and_sigkill() {
     assert!(cold_downloads >= 1, "the disk tier never cycled");
     drop(proxy);
     emu.shutdown().await;
+}
+
+/// Reads whole blocks, one per 256 MiB of the plot (no read-ahead, no coalescing): `n` distinct blocks.
+async fn read_blocks(env: &common::Env, n: u64) {
+    for i in 0..n {
+        let off = i * (256 << 20);
+        env.assert_range("k32.plot", off, off + BS - 1).await;
+    }
+}
+
+async fn healthz(env: &common::Env) -> serde_json::Value {
+    let r = env
+        .http
+        .get(format!("{}/healthz", env.base))
+        .send()
+        .await
+        .expect("healthz");
+    r.json().await.expect("healthz json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_tier_too_small_for_the_hot_set_is_reported_and_a_large_one_keeps_it() {
+    // 300 blocks (18.75 MiB) read twice, 2.5 s apart.
+    const HOT: u64 = 300;
+    for (disk_mib, fits) in [(16u64, false), (64, true)] {
+        let env = start(builder(), |c| {
+            c.cache.memory = ByteSize::mib(4);
+            c.cache.disk = ByteSize::mib(disk_mib);
+        })
+        .await;
+        read_blocks(&env, HOT).await;
+        // Wait for the disk tier's writes to land (the write check runs every 500 ms).
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        env.emu.reset_stats();
+        read_blocks(&env, HOT).await;
+        let refetched = env.downloads();
+        let h = healthz(&env).await;
+        let hot = &h["cache_hot_set"];
+        let est = hot["estimated_bytes"].as_u64().expect("estimate");
+        let truth = HOT * BS;
+        assert!(
+            est >= truth * 9 / 10 && est <= truth * 11 / 10,
+            "disk {disk_mib} MiB: estimate {est}, hot set {truth}: {h}"
+        );
+        assert_eq!(hot["fits"], fits, "disk {disk_mib} MiB: {h}");
+        assert_eq!(hot["tier"], "disk");
+        let reason = h["reason"].as_str().unwrap_or("");
+        if fits {
+            assert_eq!(
+                refetched, 0,
+                "a disk tier larger than the hot set refetched"
+            );
+            assert_eq!(hot["refetched_bytes"], 0, "{h}");
+            assert!(!reason.contains("hot set"), "{h}");
+        } else {
+            assert!(refetched > 0, "a 16 MiB disk tier kept 18.75 MiB");
+            let advice = hot["advice_disk_bytes"].as_u64().expect("advice");
+            assert!(advice >= 3 * est, "{h}");
+            assert!(
+                h["status"] == "degraded" && reason.contains("cache.disk"),
+                "{h}"
+            );
+            assert!(
+                env.metric("b2proxy_cache_hot_refetched_bytes_total").await > 0.0,
+                "refetches of re-read blocks are counted"
+            );
+        }
+    }
 }

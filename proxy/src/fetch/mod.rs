@@ -26,6 +26,7 @@ use futures::future::{BoxFuture, Shared};
 
 use self::inflight::{InflightTable, Planner};
 use self::readahead::{Prefetched, Streams};
+use crate::cache::hotset::HotSet;
 use crate::cache::{BlockCache, BlockKey, Tier};
 use crate::metrics::Metrics;
 use crate::policy::{Purpose, Upstream};
@@ -116,6 +117,8 @@ pub struct Fetcher {
     /// When each file last had a read answered: tells a lookup in progress from a new one.
     answered: Mutex<HashMap<Arc<str>, Instant>>,
     metrics: Arc<Metrics>,
+    /// Every block a reader asks for is noted here, for the hot-set estimate.
+    hot: Arc<HotSet>,
     on_changed: Box<dyn Fn() + Send + Sync>,
 }
 
@@ -125,6 +128,7 @@ impl Fetcher {
         cache: Arc<dyn BlockCache>,
         settings: FetchSettings,
         metrics: Arc<Metrics>,
+        hot: Arc<HotSet>,
         on_changed: Box<dyn Fn() + Send + Sync>,
     ) -> Self {
         Self {
@@ -136,6 +140,7 @@ impl Fetcher {
             prefetched: Prefetched::default(),
             answered: Mutex::new(HashMap::new()),
             metrics,
+            hot,
             on_changed,
         }
     }
@@ -150,6 +155,11 @@ impl Fetcher {
 
     pub fn block_size(&self) -> u64 {
         self.settings.block_size
+    }
+
+    /// The hot-set estimate the reads feed.
+    pub fn hot_set(&self) -> &Arc<HotSet> {
+        &self.hot
     }
 
     /// Blocks in flight now (a test and debugging aid: 0 when idle).
@@ -187,6 +197,12 @@ impl Fetcher {
         .await;
         let mut missing = Vec::new();
         for (&index, hit) in indices.iter().zip(lookups) {
+            let key = Self::key(obj, index);
+            self.hot.note(
+                std::hash::BuildHasher::hash_one(&foyer::DefaultHasher::default(), &key),
+                self.block_len(obj, index),
+                hit.is_some(),
+            );
             match hit {
                 Some((bytes, tier)) => {
                     let label = [tier.label()];
@@ -198,7 +214,7 @@ impl Fetcher {
                     if tier == Tier::Disk {
                         *outcome = (*outcome).max(Outcome::HitDisk);
                     }
-                    if self.prefetched.used(&Self::key(obj, index)) {
+                    if self.prefetched.used(&key) {
                         self.metrics
                             .readahead_blocks
                             .with_label_values(&["used"])

@@ -565,6 +565,10 @@ pub struct V2Phase {
     pub disk_tier_used_bytes: Option<f64>,
     pub dropped_disk_writes: Option<f64>,
     pub disk_rewritten_blocks: Option<f64>,
+    /// The proxy's hot-set estimate (`b2proxy_cache_hot_set_bytes`, summed over proxies) and its estimate of
+    /// re-read blocks fetched again (`b2proxy_cache_hot_refetched_bytes_total`, since start).
+    pub hot_set_estimate_bytes: Option<f64>,
+    pub hot_refetched_bytes: Option<f64>,
     /// CPU seconds the proxy processes (together) and HAProxy used during the phase.
     pub proxy_cpu_s: Option<f64>,
     pub haproxy_cpu_s: Option<f64>,
@@ -771,6 +775,8 @@ async fn measured(
             .or_else(|| metric_sum(&m, "foyer_memory_usage", None));
         p.dropped_disk_writes = dropped_writes(&m);
         p.disk_rewritten_blocks = metric_sum(&m, "b2proxy_cache_disk_rewritten_blocks_total", None);
+        p.hot_set_estimate_bytes = metric_sum(&m, "b2proxy_cache_hot_set_bytes", None);
+        p.hot_refetched_bytes = metric_sum(&m, "b2proxy_cache_hot_refetched_bytes_total", None);
     }
     p
 }
@@ -1371,17 +1377,17 @@ pub fn markdown(r: &FarmV2Report, o: &mut String) {
     if !r.phases.is_empty() {
         let _ = writeln!(
             o,
-            "\n| scenario | phase | time | SPs | lookups | failed | lookup p50 / p99 / max | SP response p50 / p99 / max | > 8 s | header read p50 / p99 | index read p50 / p99 | upstream req / lookup | 429s | upstream KiB / lookup | index GETs | peak upstream | peak req/s | proxy RSS | shim RSS | memory tier | disk tier | dropped disk writes |"
+            "\n| scenario | phase | time | SPs | lookups | failed | lookup p50 / p99 / max | SP response p50 / p99 / max | > 8 s | header read p50 / p99 | index read p50 / p99 | upstream req / lookup | 429s | upstream KiB / lookup | index GETs | peak upstream | peak req/s | proxy RSS | shim RSS | memory tier | disk tier | dropped disk writes | hot-set estimate | hot refetched |"
         );
         let _ = writeln!(
             o,
-            "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for p in r.phases.iter().chain(r.baseline.iter()) {
             let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or("-".into());
             let _ = writeln!(
                 o,
-                "| farm-v2 | {} | {:.1} s | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                "| farm-v2 | {} | {:.1} s | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
                 p.name,
                 p.wall_s,
                 p.signage_points,
@@ -1411,6 +1417,8 @@ pub fn markdown(r: &FarmV2Report, o: &mut String) {
                 opt(p.memory_tier_bytes, &|b| mib(b as u64)),
                 opt(p.disk_tier_used_bytes, &gib),
                 opt(p.dropped_disk_writes, &|v| format!("{v:.0}")),
+                opt(p.hot_set_estimate_bytes, &gib),
+                opt(p.hot_refetched_bytes, &gib),
             );
         }
         for p in &r.phases {
