@@ -3,7 +3,7 @@
 //! A farm re-reads a fixed set of ranges (every plot's header and index) at every lookup, minutes to an hour
 //! apart, and reads everything else once. The disk tier keeps what is re-read ([`super::refresh`]) only while
 //! that set fits in it; past that, each re-read block has left the cache by the time it is read again and goes
-//! upstream, which a farmer sees only as a slow, costly farm. So every block a reader asks for is noted here:
+//! upstream, which a farmer sees only as a slow, costly farm. So every block a reader gets is noted here:
 //! a block read again at least [`MIN_GAP`] after an earlier read (so the pieces of one read, or one lookup,
 //! count once) and within `window` of it is hot, and its bytes count once per window generation. The estimate is
 //! the larger of the current generation's sum and the last complete one's. A hot block that was in no tier is a
@@ -218,7 +218,8 @@ impl HotSet {
         }
     }
 
-    /// A reader asked for the block with key hash `hash`, of `bytes`; `cached`: a tier had it.
+    /// A reader got the block with key hash `hash`, of `bytes`; `cached`: a tier had it (else it came from
+    /// upstream; a failed fetch is not noted).
     pub fn note(&self, hash: u64, bytes: usize, cached: bool) {
         let shift = self.shift.load(Ordering::Relaxed);
         let tag = (hash >> (64 - TAG_BITS)) & mask(TAG_BITS);

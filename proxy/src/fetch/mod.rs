@@ -198,13 +198,9 @@ impl Fetcher {
         let mut missing = Vec::new();
         for (&index, hit) in indices.iter().zip(lookups) {
             let key = Self::key(obj, index);
-            self.hot.note(
-                std::hash::BuildHasher::hash_one(&foyer::DefaultHasher::default(), &key),
-                self.block_len(obj, index),
-                hit.is_some(),
-            );
             match hit {
                 Some((bytes, tier)) => {
+                    self.note_read(&key, bytes.len(), true);
                     let label = [tier.label()];
                     self.metrics.cache_hits.with_label_values(&label).inc();
                     self.metrics
@@ -267,6 +263,8 @@ impl Fetcher {
                         let block = run.get(pending.slot).cloned().ok_or_else(|| {
                             FetchError::Task("run result shorter than planned".into())
                         })?;
+                        // Noted once it arrived: a failed fetch (an outage) says nothing about the cache.
+                        self.note_read(&Self::key(obj, index), block.len(), false);
                         blocks[(index - first) as usize] = Some(block);
                     }
                     Plan::Cached(index) => again.push(index),
@@ -285,6 +283,12 @@ impl Fetcher {
         let out = assemble(&blocks, first * bs, &range)?;
         self.note_answered(&obj.id);
         Ok((out, outcome))
+    }
+
+    /// Feeds the hot-set estimate: a reader got this block, from a tier (`cached`) or from upstream.
+    fn note_read(&self, key: &BlockKey, bytes: usize, cached: bool) {
+        let hash = std::hash::BuildHasher::hash_one(&foyer::DefaultHasher::default(), key);
+        self.hot.note(hash, bytes, cached);
     }
 
     fn note_answered(&self, id: &Arc<str>) {
