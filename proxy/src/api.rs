@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::cache::{BlockCache, DiskTierState};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Files};
 use crate::fetch::{FetchError, Fetcher, Outcome};
 use crate::limits::ResponseBudget;
 use crate::metrics::Metrics;
@@ -157,7 +157,7 @@ fn rfc3339(ms: i64) -> String {
 
 /// Where a listing is: files are emitted in name order from `cursor` on.
 struct ListCursor {
-    snapshot: Arc<std::collections::BTreeMap<String, Arc<ObjectInfo>>>,
+    snapshot: Arc<Files>,
     prefix: String,
     /// Emit names strictly after this one (`None`: from the prefix on).
     after: Option<String>,
@@ -170,7 +170,6 @@ struct ListCursor {
 impl ListCursor {
     /// The next piece of the JSON body (at most about `LIST_CHUNK` bytes), or `None` when it is complete.
     fn next_chunk(&mut self) -> Option<Vec<u8>> {
-        use std::ops::Bound;
         if self.done {
             return None;
         }
@@ -178,20 +177,17 @@ impl ListCursor {
         if !self.started {
             buf.extend_from_slice(b"{\"files\":[");
         }
-        let lower = match &self.after {
-            Some(a) if a.as_str() >= self.prefix.as_str() => Bound::Excluded(a.clone()),
-            _ => Bound::Included(self.prefix.clone()),
-        };
+        // Each chunk resumes after the last name sent, found by binary search: chunks cost no skipping.
         let mut iter = self
             .snapshot
-            .range::<String, _>((lower, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(&self.prefix))
+            .page(&self.prefix, self.after.as_deref())
             .peekable();
         while buf.len() < LIST_CHUNK {
             if self.left == Some(0) {
                 break;
             }
-            let Some((name, f)) = iter.next() else { break };
+            let Some(f) = iter.next() else { break };
+            let name = &f.name;
             if self.started {
                 buf.push(b',');
             }
@@ -666,27 +662,24 @@ fn stream_body(
 mod tests {
     use super::*;
 
-    fn snapshot(names: &[String]) -> Arc<std::collections::BTreeMap<String, Arc<ObjectInfo>>> {
-        Arc::new(
+    fn snapshot(names: &[String]) -> Arc<Files> {
+        Arc::new(Files::from_listing(
             names
                 .iter()
                 .map(|n| {
-                    (
-                        n.clone(),
-                        Arc::new(ObjectInfo {
-                            name: n.clone(),
-                            id: format!("id_{n}").into(),
-                            size: 42,
-                            modified_ms: 0,
-                        }),
-                    )
+                    Arc::new(ObjectInfo {
+                        name: n.clone(),
+                        id: format!("id_{n}").into(),
+                        size: 42,
+                        modified_ms: 0,
+                    })
                 })
                 .collect(),
-        )
+        ))
     }
 
     fn run(
-        snap: &Arc<std::collections::BTreeMap<String, Arc<ObjectInfo>>>,
+        snap: &Arc<Files>,
         prefix: &str,
         after: Option<&str>,
         limit: Option<usize>,

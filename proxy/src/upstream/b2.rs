@@ -441,8 +441,13 @@ impl B2Source {
         Err(classify_error(status, &headers, &body))
     }
 
-    async fn list_all(&self) -> Result<Vec<ObjectInfo>, UpstreamError> {
-        let mut out = Vec::new();
+    /// Lists page by page, handing each page's files on before asking for the next: only one page (at most
+    /// `LIST_PAGE` names) is held here at a time.
+    async fn list_pages(
+        &self,
+        each: &mut (dyn FnMut(ObjectInfo) + Send),
+    ) -> Result<usize, UpstreamError> {
+        let mut n = 0;
         let mut start: Option<String> = None;
         loop {
             let page: ListFilesResponse = retry(
@@ -452,24 +457,25 @@ impl B2Source {
             )
             .await?;
             for f in page.files {
+                // Only finished uploads are files (not `start`ed large files, `hide` markers, `folder`s).
                 if f.action != "upload" {
                     continue;
                 }
                 let Some(id) = f.file_id else { continue };
-                out.push(ObjectInfo {
+                each(ObjectInfo {
                     name: f.file_name,
                     id: id.into(),
                     size: f.content_length,
                     modified_ms: f.upload_timestamp,
                 });
+                n += 1;
             }
             match page.next_file_name {
                 Some(next) if Some(&next) != start.as_ref() => start = Some(next),
                 _ => break,
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok(n)
     }
 
     /// One attempt at one page of `b2_list_file_names`.
@@ -632,9 +638,12 @@ fn effective_prefix(configured: &str, key_prefix: Option<&str>) -> Result<String
 }
 
 impl ObjectSource for B2Source {
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ObjectInfo>, UpstreamError>> {
+    fn list_into<'a>(
+        &'a self,
+        each: &'a mut (dyn FnMut(ObjectInfo) + Send),
+    ) -> BoxFuture<'a, Result<usize, UpstreamError>> {
         async move {
-            let r = self.list_all().await;
+            let r = self.list_pages(each).await;
             match &r {
                 Ok(_) => self.set_health(true, None),
                 Err(e) => self.set_health(self.auth.current().is_some(), Some(e)),

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use tokio::sync::mpsc;
 
 use super::{ObjectInfo, ObjectSource, SourceHealth, UpstreamError};
 
@@ -40,13 +41,23 @@ fn file_id(meta: &std::fs::Metadata) -> String {
     )
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> std::io::Result<()> {
+/// Files handed from the directory walk to the listing's caller at a time.
+const LOCAL_PAGE: usize = 1024;
+
+/// Walks `dir`, sending the files found in pages of `LOCAL_PAGE` over `tx` (bounded: the walk waits while the
+/// caller is behind). A closed channel (the listing was dropped) ends the walk.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    page: &mut Vec<ObjectInfo>,
+    tx: &mpsc::Sender<Vec<ObjectInfo>>,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
         let meta = std::fs::metadata(&path)?;
         if meta.is_dir() {
-            walk(root, &path, out)?;
+            walk(root, &path, page, tx)?;
         } else if meta.is_file() {
             let Ok(rel) = path.strip_prefix(root) else {
                 continue;
@@ -55,29 +66,52 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> std::io::Result<(
                 tracing::warn!(path = %path.display(), "skipping a file whose name is not UTF-8");
                 continue;
             };
-            out.push(ObjectInfo {
+            page.push(ObjectInfo {
                 name: name.to_string(),
                 id: file_id(&meta).into(),
                 size: meta.size(),
                 modified_ms: meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000,
             });
+            if page.len() >= LOCAL_PAGE {
+                send_page(page, tx)?;
+            }
         }
     }
     Ok(())
 }
 
+fn send_page(
+    page: &mut Vec<ObjectInfo>,
+    tx: &mpsc::Sender<Vec<ObjectInfo>>,
+) -> std::io::Result<()> {
+    tx.blocking_send(std::mem::take(page))
+        .map_err(|_| std::io::Error::other("the listing was cancelled"))
+}
+
 impl ObjectSource for LocalSource {
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ObjectInfo>, UpstreamError>> {
+    fn list_into<'a>(
+        &'a self,
+        each: &'a mut (dyn FnMut(ObjectInfo) + Send),
+    ) -> BoxFuture<'a, Result<usize, UpstreamError>> {
         let root = self.root.clone();
         async move {
-            tokio::task::spawn_blocking(move || {
-                let mut out = Vec::new();
-                walk(&root, &root, &mut out).map_err(|e| UpstreamError::io(root.display(), e))?;
-                out.sort_by(|a, b| a.name.cmp(&b.name));
-                Ok(out)
-            })
-            .await
-            .map_err(|e| UpstreamError::io("a blocking task", std::io::Error::other(e)))?
+            let (tx, mut rx) = mpsc::channel(2);
+            let walker = tokio::task::spawn_blocking(move || {
+                let mut page = Vec::with_capacity(LOCAL_PAGE);
+                walk(&root, &root, &mut page, &tx)
+                    .and_then(|()| send_page(&mut page, &tx))
+                    .map_err(|e| UpstreamError::io(root.display(), e))
+            });
+            let mut n = 0;
+            while let Some(page) = rx.recv().await {
+                n += page.len();
+                page.into_iter().for_each(&mut *each);
+            }
+            // The channel closes when the walk ends, so its result is there by now.
+            walker
+                .await
+                .map_err(|e| UpstreamError::io("a blocking task", std::io::Error::other(e)))??;
+            Ok(n)
         }
         .boxed()
     }

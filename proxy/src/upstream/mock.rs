@@ -1,7 +1,8 @@
 //! An in-process source for deterministic tests of the layers above (policy, fetcher, API): files held in
 //! memory, every request scripted (latency, errors, truncated, shifted or foreign answers, hangs), and a call
 //! log with ranges and times. Latency is `tokio::time::sleep`, so on a paused clock (`start_paused`) a test of
-//! hedging or deadlines runs in microseconds and every time it observes is exact.
+//! hedging or deadlines runs in microseconds and every time it observes is exact. Listings come in pages of a
+//! set size and can be made to fail at a chosen page (a refresh that breaks off half-way).
 //!
 //! Answers pass through the same [`verify_range`] as B2's, so a scripted bad answer exercises the real check.
 
@@ -93,6 +94,13 @@ struct State {
     files: HashMap<String, (ObjectInfo, Bytes)>,
     queue: VecDeque<Step>,
     calls: Vec<Call>,
+    /// Files per listing page (0: the whole list is one page).
+    list_page: usize,
+    /// The next listing fails with this error when it reaches this page (0-based), after handing over the
+    /// pages before it.
+    list_fault: Option<(usize, UpstreamError)>,
+    /// Pages handed over by listings so far (a failed page is not counted).
+    list_pages: usize,
 }
 
 #[derive(Default)]
@@ -135,6 +143,27 @@ impl MockSource {
         };
         st.files.insert(name.to_string(), (info.clone(), data));
         info
+    }
+
+    /// Removes a file (as if deleted upstream); returns whether it was there.
+    pub fn remove_file(&self, name: &str) -> bool {
+        self.state.lock().files.remove(name).is_some()
+    }
+
+    /// Listings hand over `files` files a page (0: the whole list in one page).
+    pub fn set_list_page(&self, files: usize) {
+        self.state.lock().list_page = files;
+    }
+
+    /// The next listing fails with `e` at page `page` (0-based), after the pages before it were handed over
+    /// (a listing with fewer pages succeeds, and the fault is gone).
+    pub fn fail_listing_at_page(&self, page: usize, e: UpstreamError) {
+        self.state.lock().list_fault = Some((page, e));
+    }
+
+    /// Listing pages handed over so far.
+    pub fn list_pages(&self) -> usize {
+        self.state.lock().list_pages
     }
 
     /// Queues steps for the next requests, in arrival order.
@@ -261,17 +290,40 @@ impl MockSource {
 }
 
 impl ObjectSource for MockSource {
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ObjectInfo>, UpstreamError>> {
+    fn list_into<'a>(
+        &'a self,
+        each: &'a mut (dyn FnMut(ObjectInfo) + Send),
+    ) -> BoxFuture<'a, Result<usize, UpstreamError>> {
         async move {
-            let mut v: Vec<ObjectInfo> = self
-                .state
-                .lock()
-                .files
-                .values()
-                .map(|(i, _)| i.clone())
-                .collect();
-            v.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(v)
+            let (mut files, page, fault) = {
+                let mut st = self.state.lock();
+                let files: Vec<ObjectInfo> = st.files.values().map(|(i, _)| i.clone()).collect();
+                (files, st.list_page, st.list_fault.take())
+            };
+            files.sort_by(|a, b| a.name.cmp(&b.name));
+            let page = if page == 0 { files.len().max(1) } else { page };
+            // An empty list is one empty page, as a store answers it.
+            let pages: Vec<&[ObjectInfo]> = if files.is_empty() {
+                vec![&files[..]]
+            } else {
+                files.chunks(page).collect()
+            };
+            let mut n = 0;
+            for (i, chunk) in pages.into_iter().enumerate() {
+                if let Some((at, e)) = &fault
+                    && *at == i
+                {
+                    return Err(e.clone());
+                }
+                for o in chunk {
+                    each(o.clone());
+                    n += 1;
+                }
+                self.state.lock().list_pages += 1;
+                // A page is an await point, as a store's answer is: a test can run reads between pages.
+                tokio::task::yield_now().await;
+            }
+            Ok(n)
         }
         .boxed()
     }

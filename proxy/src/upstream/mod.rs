@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 
 /// One file version as the catalog knows it. `id` identifies the version: a re-upload of a name gets a new id,
@@ -224,9 +225,27 @@ pub struct SourceHealth {
 
 /// An object store the proxy reads from.
 pub trait ObjectSource: Send + Sync + 'static {
-    /// Every file visible to the proxy (after prefix filtering), in name order. Retries of the pages it is
-    /// made of are the source's own (a listing is not latency-critical and has no deadline a reader waits on).
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ObjectInfo>, UpstreamError>>;
+    /// Hands every file visible to the proxy (after prefix filtering) to `each`, page by page as the store
+    /// answers, and returns how many it handed over. The order is the store's; callers must not rely on it. On
+    /// an error some files may already have been handed over: the caller discards them (the catalog keeps its
+    /// previous list whole). Retries of the pages are the source's own (a listing is not latency-critical and
+    /// has no deadline a reader waits on). Streaming the pages keeps a refresh of a million-file bucket from
+    /// holding the whole list in memory beside the catalog it replaces.
+    fn list_into<'a>(
+        &'a self,
+        each: &'a mut (dyn FnMut(ObjectInfo) + Send),
+    ) -> BoxFuture<'a, Result<usize, UpstreamError>>;
+
+    /// Every file at once, in name order: for tests and tools. The catalog uses [`ObjectSource::list_into`].
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ObjectInfo>, UpstreamError>> {
+        async move {
+            let mut out = Vec::new();
+            self.list_into(&mut |o| out.push(o)).await?;
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        }
+        .boxed()
+    }
 
     /// One attempt at exactly the bytes `range` of the file version `obj`. `range` is non-empty and within
     /// `obj.size`; the answer is verified to be that long and from that version, or an error. No retries, no
