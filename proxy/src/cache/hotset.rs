@@ -9,8 +9,8 @@
 //! the larger of the current generation's sum and the last complete one's. A hot block that was in no tier is a
 //! *refetch*: the direct evidence that the cache lost part of its hot set.
 //!
-//! Bounded: one fixed table of 64-bit slots (8 MiB at most), each holding a sampled block's tag, last-read tick
-//! and the generation it was last counted in. A block stream larger than the table (a farm's cold chunk reads
+//! Bounded: one fixed table of 64-bit slots (8 MiB at most, 4-way set-associative), each holding a sampled
+//! block's tag, last-read tick and the generation it was last counted in. A block stream larger than the table (a farm's cold chunk reads
 //! over hours) would otherwise evict the hot blocks' history, so the table samples: only blocks whose hash has
 //! its low `shift` tag bits zero are tracked, and their bytes count `2^shift` times. When a generation finds too
 //! many live slots taken by other blocks, the next one samples half as many; when the table is mostly free, twice
@@ -38,6 +38,9 @@ const TAG_BITS: u32 = 20;
 const TICK_BITS: u32 = 22;
 const GEN_BITS: u32 = 22;
 const MAX_SHIFT: u32 = 8;
+/// Slots a block may take (adjacent, one cache line): with one, a table a fifth full would already lose a fifth
+/// of new blocks to collisions; with four, 3% when it is half full and almost none below a quarter.
+const WAYS: usize = 4;
 /// A hot set this large against the tier is reported as not fitting: the refresh needs room beside it for the
 /// blocks read once.
 const FIT_SHARE: f64 = 0.9;
@@ -230,49 +233,59 @@ impl HotSet {
         let g = now / self.window_ticks;
         self.advance(g);
         let counted_mark = (g + 1) & mask(GEN_BITS);
-        let slot = &self.slots[(hash & self.mask) as usize];
         let age = |then: u64| (now.wrapping_sub(then)) & mask(TICK_BITS);
-        let mut hot = false;
-        let result = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-            hot = false;
-            if v == 0 {
-                return Some(pack(tag, now, 0));
-            }
-            let (t, last, counted) = unpack(v);
-            if t != tag {
-                // Another block's slot: take it only if that block is out of the window or the sample.
-                let live = age(last) <= self.window_ticks && t & mask(shift) == 0;
-                return (!live).then(|| pack(tag, now, 0));
-            }
-            let gap = age(last);
-            if gap < MIN_GAP.as_secs() / TICK.as_secs() {
-                return None;
-            }
-            if gap <= self.window_ticks && counted != counted_mark {
-                hot = true;
-                return Some(pack(tag, now, counted_mark));
-            }
-            Some(pack(tag, now, counted))
-        });
-        match result {
-            Ok(0) => {
-                self.tracked.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(v) if unpack(v).0 != tag => {
-                self.tracked.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(_) => {}
-            Err(v) => {
-                if v != 0 && unpack(v).0 != tag {
-                    self.conflict();
+        let base = (hash & self.mask) as usize & !(WAYS - 1);
+        let ways = &self.slots[base..base + WAYS];
+        // Compare-and-swap on the slot chosen; a lost race looks again (bounded: a few readers of one set).
+        for _ in 0..4 {
+            let mut free = None;
+            let mut found = None;
+            for slot in ways {
+                let v = slot.load(Ordering::Relaxed);
+                let (t, last, _) = unpack(v);
+                if v != 0 && t == tag {
+                    found = Some((slot, v));
+                    break;
+                }
+                // Empty, or another block out of the window or of the sample: free to take.
+                let live = v != 0 && age(last) <= self.window_ticks && t & mask(shift) == 0;
+                if !live && free.is_none() {
+                    free = Some((slot, v));
                 }
             }
-        }
-        if hot {
-            let weighted = (bytes as u64) << shift;
-            self.hot[(g % 2) as usize].fetch_add(weighted, Ordering::Relaxed);
-            if !cached {
-                self.refetched.inc_by(weighted);
+            if let Some((slot, v)) = found {
+                let (_, last, counted) = unpack(v);
+                let gap = age(last);
+                if gap < MIN_GAP.as_secs() / TICK.as_secs() {
+                    return;
+                }
+                let hot = gap <= self.window_ticks && counted != counted_mark;
+                let next = pack(tag, now, if hot { counted_mark } else { counted });
+                if slot
+                    .compare_exchange(v, next, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                if hot {
+                    let weighted = (bytes as u64) << shift;
+                    self.hot[(g % 2) as usize].fetch_add(weighted, Ordering::Relaxed);
+                    if !cached {
+                        self.refetched.inc_by(weighted);
+                    }
+                }
+                return;
+            }
+            let Some((slot, v)) = free else {
+                self.conflict();
+                return;
+            };
+            if slot
+                .compare_exchange(v, pack(tag, now, 0), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.tracked.fetch_add(1, Ordering::Relaxed);
+                return;
             }
         }
     }
@@ -455,6 +468,22 @@ mod tests {
         // Nothing read for two windows: nothing is known to be hot.
         tokio::time::advance(Duration::from_secs(200)).await;
         assert_eq!(hot.estimate(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_table_half_full_still_counts_nearly_every_hot_block() {
+        // A 64 MiB tier: 2,048 blocks, 4,096 slots; 2,000 blocks read twice.
+        let hot = hotset(64 << 20, Duration::from_secs(600));
+        assert_eq!(hot.slots.len(), 4096);
+        for _ in 0..2 {
+            for i in 0..2_000 {
+                hot.note(h(i), BLOCK, true);
+            }
+            tokio::time::advance(Duration::from_secs(10)).await;
+        }
+        let counted = hot.estimate() / BLOCK as u64;
+        // One slot per block would lose about a fifth of them.
+        assert!(counted >= 1_900, "{counted} of 2,000 hot blocks counted");
     }
 
     #[tokio::test(start_paused = true)]

@@ -51,6 +51,9 @@ fn row(path: &str, readers: usize, lat: &[Duration], wall: Duration, upstream: u
         reads_per_sec: n as f64 / secs,
         mib_per_sec: n as f64 * READ as f64 / secs / (1 << 20) as f64,
         upstream_requests: upstream,
+        read_bytes: READ,
+        proxy_cpu_ms_per_read: None,
+        shim_cpu_ms_per_read: None,
     }
 }
 
@@ -72,10 +75,11 @@ fn file_readers(
                 let started = &started;
                 s.spawn(move || -> anyhow::Result<Vec<Duration>> {
                     let f = File::open(path).with_context(|| format!("open {}", path.display()))?;
-                    let mut buf = vec![0u8; READ as usize];
+                    let longest = ranges.iter().map(|r| r.len).max().unwrap_or(READ);
+                    let mut buf = vec![0u8; longest as usize];
                     for i in 0..warmup {
                         let r = ranges[(t * 7 + i) % ranges.len()];
-                        f.read_exact_at(&mut buf, r.off)?;
+                        f.read_exact_at(&mut buf[..r.len as usize], r.off)?;
                     }
                     barrier.wait();
                     started.get_or_init(Instant::now);
@@ -219,6 +223,104 @@ pub async fn fuse_rows(
         let (lat, wall) =
             tokio::task::spawn_blocking(move || file_readers(&p, &r, readers, per, warm)).await??;
         rows.push(row(label, readers, &lat, wall, upstream() - before));
+    }
+    Ok(rows)
+}
+
+/// A cached v2 chunk index: chia-pos2 1.0.0 reads its whole 3.65 MB index in one `read()` at every lookup.
+pub const LARGE_READ: u64 = 3_650_000;
+/// Distinct large ranges (58 MB: all in the memory tier).
+pub const LARGE_RANGES: usize = 16;
+/// Concurrent readers of the large-read rows (a burst's lookups reading their indexes at once).
+pub const LARGE_CONCURRENT: usize = 8;
+
+/// Random `LARGE_READ`-byte ranges within `size`.
+pub fn large_ranges(seed: u64, size: u64) -> Vec<Read> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x1a5e);
+    (0..LARGE_RANGES)
+        .map(|_| Read {
+            off: rng.random_range(0..size - LARGE_READ),
+            len: LARGE_READ,
+        })
+        .collect()
+}
+
+/// CPU seconds (user + system) of the processes, summed; `None` if one cannot be read.
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|p| super::stack::cpu_seconds_of(*p)).sum()
+}
+
+/// A large-read row: latencies, throughput and the CPU per read of the proxy and the shim.
+#[allow(clippy::too_many_arguments)]
+fn large_row(
+    path: &str,
+    readers: usize,
+    lat: &[Duration],
+    wall: Duration,
+    upstream: u64,
+    proxy_cpu: Option<f64>,
+    shim_cpu: Option<f64>,
+) -> MicroRow {
+    let mut r = row(path, readers, lat, wall, upstream);
+    let n = lat.len().max(1) as f64;
+    r.read_bytes = LARGE_READ;
+    r.mib_per_sec =
+        lat.len() as f64 * LARGE_READ as f64 / wall.as_secs_f64().max(1e-9) / (1 << 20) as f64;
+    r.proxy_cpu_ms_per_read = proxy_cpu.map(|s| s * 1e3 / n);
+    r.shim_cpu_ms_per_read = shim_cpu.map(|s| s * 1e3 / n);
+    r
+}
+
+/// Large cached reads through the HTTP API and through the mount, with 1 and [`LARGE_CONCURRENT`] readers,
+/// and the CPU the proxy (`proxy_pid`) and the shim (`shim_pid`) spent on them.
+#[allow(clippy::too_many_arguments)]
+pub async fn large_rows(
+    client: &reqwest::Client,
+    url: &str,
+    mounted: PathBuf,
+    ranges: Vec<Read>,
+    reads: usize,
+    proxy_pid: Option<u32>,
+    shim_pid: Option<u32>,
+    upstream: impl Fn() -> u64,
+) -> anyhow::Result<Vec<MicroRow>> {
+    let proxy: Vec<u32> = proxy_pid.into_iter().collect();
+    let shim: Vec<u32> = shim_pid.into_iter().collect();
+    let delta = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+    let mut rows = Vec::new();
+    for readers in [1, LARGE_CONCURRENT] {
+        let per = (reads / readers).max(2);
+        let before = upstream();
+        let p0 = cpu_of(&proxy);
+        let (lat, wall) = http_readers(client, url, &ranges, readers, per, 2).await?;
+        let p1 = cpu_of(&proxy);
+        rows.push(large_row(
+            "http",
+            readers,
+            &lat,
+            wall,
+            upstream() - before,
+            delta(p0, p1),
+            None,
+        ));
+    }
+    for readers in [1, LARGE_CONCURRENT] {
+        let per = (reads / readers).max(2);
+        let before = upstream();
+        let (p0, s0) = (cpu_of(&proxy), cpu_of(&shim));
+        let (p, r) = (mounted.clone(), ranges.clone());
+        let (lat, wall) =
+            tokio::task::spawn_blocking(move || file_readers(&p, &r, readers, per, 2)).await??;
+        let (p1, s1) = (cpu_of(&proxy), cpu_of(&shim));
+        rows.push(large_row(
+            "fuse",
+            readers,
+            &lat,
+            wall,
+            upstream() - before,
+            delta(p0, p1),
+            delta(s0, s1),
+        ));
     }
     Ok(rows)
 }

@@ -903,6 +903,23 @@ async fn scenario_micro(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         rows.extend(
             micro::fuse_rows(mount.join(name), ranges.clone(), plan, "fuse", upstream).await?,
         );
+        progress("micro: large reads (a 3.65 MB chunk index)");
+        let large = micro::large_ranges(ctx.opts.seed, micro::FILE_SIZE);
+        futures::future::try_join_all(large.iter().map(|r| pos1::http_read(&stack.http, &url, *r)))
+            .await?;
+        rows.extend(
+            micro::large_rows(
+                &stack.http,
+                &url,
+                mount.join(name),
+                large,
+                (single / 10).max(16),
+                stack.proxy_pid(),
+                mount.pid(),
+                upstream,
+            )
+            .await?,
+        );
         anyhow::Ok(rows)
     }
     .await;

@@ -93,6 +93,22 @@ pub struct MicroRow {
     pub mib_per_sec: f64,
     /// Upstream requests during the measurement (0: every read was a cache hit).
     pub upstream_requests: u64,
+    /// Bytes of each read.
+    #[serde(default)]
+    pub read_bytes: u64,
+    /// CPU time per read of the proxy and of the shim (FUSE rows), from /proc (large-read rows only).
+    #[serde(default)]
+    pub proxy_cpu_ms_per_read: Option<f64>,
+    #[serde(default)]
+    pub shim_cpu_ms_per_read: Option<f64>,
+}
+
+impl MicroRow {
+    /// Bytes served per second of CPU of the processes measured (proxy, and shim on FUSE rows).
+    pub fn mb_per_cpu_second(&self) -> Option<f64> {
+        let ms = self.proxy_cpu_ms_per_read? + self.shim_cpu_ms_per_read.unwrap_or(0.0);
+        (ms > 0.0).then(|| self.read_bytes as f64 / 1e6 / (ms / 1e3))
+    }
 }
 
 /// The farm scenario.
@@ -334,7 +350,11 @@ impl Report {
                 o,
                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
             );
-            for m in &self.micro {
+            for m in self
+                .micro
+                .iter()
+                .filter(|m| m.proxy_cpu_ms_per_read.is_none())
+            {
                 let _ = writeln!(
                     o,
                     "| micro | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} |",
@@ -346,6 +366,46 @@ impl Report {
                     fmt_us(m.latency.max_ms),
                     m.reads_per_sec,
                     m.mib_per_sec,
+                    m.upstream_requests
+                );
+            }
+        }
+        let large: Vec<&MicroRow> = self
+            .micro
+            .iter()
+            .filter(|m| m.proxy_cpu_ms_per_read.is_some())
+            .collect();
+        if let Some(first) = large.first() {
+            let _ = writeln!(
+                o,
+                "\n### Cached {}-byte reads (a v2 chunk index; CPU from /proc of the proxy and the shim)\n",
+                first.read_bytes
+            );
+            let _ = writeln!(
+                o,
+                "| scenario | path | readers | reads | p50 | p95 | max | MiB/s | proxy CPU / read | shim CPU / read | MB per CPU second | upstream req |"
+            );
+            let _ = writeln!(
+                o,
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            );
+            for m in large {
+                let ms = |v: Option<f64>| v.map(|v| format!("{v:.2} ms")).unwrap_or("-".into());
+                let _ = writeln!(
+                    o,
+                    "| micro | {} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.0} | {} | {} | {} | {} |",
+                    m.path,
+                    m.readers,
+                    m.reads,
+                    m.latency.p50_ms,
+                    m.latency.p95_ms,
+                    m.latency.max_ms,
+                    m.mib_per_sec,
+                    ms(m.proxy_cpu_ms_per_read),
+                    ms(m.shim_cpu_ms_per_read),
+                    m.mb_per_cpu_second()
+                        .map(|v| format!("{v:.0}"))
+                        .unwrap_or("-".into()),
                     m.upstream_requests
                 );
             }
