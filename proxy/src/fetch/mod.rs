@@ -224,12 +224,24 @@ impl Fetcher {
         missing
     }
 
-    /// Reads `range` (non-empty, within the file) of `obj`, through the cache.
+    /// Reads `range` (non-empty, within the file) of `obj`, through the cache, as one buffer (a zero-copy
+    /// slice when the range is within one block).
     pub async fn read(
         self: &Arc<Self>,
         obj: &Arc<ObjectInfo>,
         range: Range<u64>,
     ) -> Result<(Bytes, Outcome), FetchError> {
+        let (pieces, outcome) = self.read_pieces(obj, range).await?;
+        Ok((concat(pieces), outcome))
+    }
+
+    /// Reads `range` as the cached blocks' own bytes, one slice per block, in order: nothing is copied, so a
+    /// multi-MB cached read costs what the HTTP body's writes cost (the API answers with the pieces as they are).
+    pub async fn read_pieces(
+        self: &Arc<Self>,
+        obj: &Arc<ObjectInfo>,
+        range: Range<u64>,
+    ) -> Result<(Vec<Bytes>, Outcome), FetchError> {
         if range.start >= range.end || range.end > obj.size {
             return Err(FetchError::OutOfRange {
                 start: range.start,
@@ -280,7 +292,7 @@ impl Fetcher {
             self.start_readahead(obj, span);
         }
 
-        let out = assemble(&blocks, first * bs, &range)?;
+        let out = pieces(&blocks, first * bs, &range)?;
         self.note_answered(&obj.id);
         Ok((out, outcome))
     }
@@ -499,18 +511,16 @@ fn contiguous_runs(sorted: &[u64], max: usize) -> Vec<Vec<u64>> {
     runs
 }
 
-/// Cuts `range` out of consecutive blocks starting at byte `base`. One block: a zero-copy slice.
-fn assemble(blocks: &[Option<Bytes>], base: u64, range: &Range<u64>) -> Result<Bytes, FetchError> {
-    let short = || FetchError::Task("blocks shorter than the read".into());
+/// Cuts `range` out of consecutive blocks starting at byte `base`: one zero-copy slice per block it covers.
+fn pieces(
+    blocks: &[Option<Bytes>],
+    base: u64,
+    range: &Range<u64>,
+) -> Result<Vec<Bytes>, FetchError> {
     let len = (range.end - range.start) as usize;
     let mut off = (range.start - base) as usize;
-    if let [Some(only)] = blocks {
-        return only
-            .get(off..off + len)
-            .map(|_| only.slice(off..off + len))
-            .ok_or_else(short);
-    }
-    let mut out = BytesMut::with_capacity(len);
+    let mut out = Vec::with_capacity(blocks.len());
+    let mut got = 0;
     for b in blocks {
         let b = b
             .as_ref()
@@ -519,17 +529,33 @@ fn assemble(blocks: &[Option<Bytes>], base: u64, range: &Range<u64>) -> Result<B
             off -= b.len();
             continue;
         }
-        let take = (b.len() - off).min(len - out.len());
-        out.extend_from_slice(&b[off..off + take]);
+        let take = (b.len() - off).min(len - got);
+        out.push(b.slice(off..off + take));
+        got += take;
         off = 0;
-        if out.len() == len {
+        if got == len {
             break;
         }
     }
-    if out.len() != len {
-        return Err(short());
+    if got != len {
+        return Err(FetchError::Task("blocks shorter than the read".into()));
     }
-    Ok(out.freeze())
+    Ok(out)
+}
+
+/// The pieces as one buffer (copied only when there are several).
+pub fn concat(mut pieces: Vec<Bytes>) -> Bytes {
+    match pieces.len() {
+        0 => Bytes::new(),
+        1 => pieces.swap_remove(0),
+        _ => {
+            let mut out = BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
+            for p in &pieces {
+                out.extend_from_slice(p);
+            }
+            out.freeze()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -550,14 +576,19 @@ mod unit {
     }
 
     #[test]
-    fn assemble_across_blocks() {
+    fn pieces_across_blocks() {
         let b = |v: u8, n: usize| Some(Bytes::from(vec![v; n]));
         let blocks = vec![b(1, 4), b(2, 4), b(3, 2)];
-        let out = assemble(&blocks, 8, &(10..17)).expect("assemble");
-        assert_eq!(&out[..], &[1, 1, 2, 2, 2, 2, 3]);
-        let one = assemble(&blocks[1..2], 12, &(13..15)).expect("slice");
-        assert_eq!(&one[..], &[2, 2]);
-        assert!(assemble(&[None], 0, &(0..1)).is_err());
+        let out = pieces(&blocks, 8, &(10..17)).expect("pieces");
+        assert_eq!(out.len(), 3, "one slice per block");
+        assert_eq!(&concat(out)[..], &[1, 1, 2, 2, 2, 2, 3]);
+        let one = pieces(&blocks[1..2], 12, &(13..15)).expect("slice");
+        assert_eq!(&concat(one)[..], &[2, 2]);
+        assert!(pieces(&[None], 0, &(0..1)).is_err());
+        assert!(
+            pieces(&blocks, 8, &(10..19)).is_err(),
+            "blocks shorter than the read"
+        );
     }
 }
 
