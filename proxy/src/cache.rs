@@ -252,9 +252,10 @@ impl FoyerCache {
     ) -> Result<Self, CacheError> {
         // foyer's own metrics (op counts, latencies, disk I/O) land in the proxy's registry, under `foyer_*`.
         let registry = FoyerRegistry::new(metrics.registry.clone());
+        let memory = memory_tier_bytes(settings, &queue);
         if settings.disk_bytes == 0 {
             return Ok(Self {
-                inner: builder(settings, &registry)
+                inner: builder(settings, &registry, memory)
                     .build()
                     .await
                     .map_err(|e| CacheError::Open(e.to_string()))?,
@@ -320,11 +321,19 @@ impl FoyerCache {
                     "the disk cache tier cannot be used; running with the memory tier only \
                      (cache.on_disk_error = \"memory_only\")");
                 health.fault("setup", &format!("{}: {}", p.key, p.message));
+                let without_disk = CacheSettings {
+                    disk_bytes: 0,
+                    ..settings.clone()
+                };
                 Ok(Self {
-                    inner: builder(settings, &registry)
-                        .build()
-                        .await
-                        .map_err(|e| CacheError::Open(e.to_string()))?,
+                    inner: builder(
+                        settings,
+                        &registry,
+                        memory_tier_bytes(&without_disk, &queue),
+                    )
+                    .build()
+                    .await
+                    .map_err(|e| CacheError::Open(e.to_string()))?,
                     metrics,
                     refresh: None,
                     writes: None,
@@ -381,14 +390,37 @@ type FoyerRegistry = mixtrics::registry::prometheus::PrometheusMetricsRegistry;
 /// The memory tier's builder, ready for a storage phase. `registry` must be the same value (clones of it) for
 /// every cache built on one Prometheus registry: mixtrics dedups registrations per value, and registering
 /// foyer's metrics twice panics.
-fn builder(settings: &CacheSettings, registry: &FoyerRegistry) -> Builder {
+/// What the memory tier may hold: `cache.memory` is the whole cache's memory, so the disk tier's flush buffers,
+/// the part of its write queue that may outlive the memory tier's copies (blocks evicted while still queued:
+/// half of it, in a fast warm-up), and the refresh and hot-set tables come out of it first. Never below half of
+/// `cache.memory` (tiny budgets: those fixed costs are then over it, and README says so).
+pub fn memory_tier_bytes(settings: &CacheSettings, queue: &WriteQueue) -> usize {
+    let hot = hotset::table_bytes(
+        settings.memory_bytes as u64,
+        settings.disk_bytes as u64,
+        settings.block_size as u64,
+    );
+    let disk = if settings.disk_bytes == 0 {
+        0
+    } else {
+        2 * queue.buffer_pool
+            + queue.queue_threshold / 2
+            + refresh::table_bytes(settings.disk_bytes, settings.block_size)
+    };
+    settings
+        .memory_bytes
+        .saturating_sub(hot + disk)
+        .max(settings.memory_bytes / 2)
+}
+
+fn builder(settings: &CacheSettings, registry: &FoyerRegistry, memory: usize) -> Builder {
     HybridCacheBuilder::new()
         .with_name("b2proxy")
         .with_metrics_registry(Box::new(registry.clone()))
         .with_policy(HybridCachePolicy::WriteOnInsertion)
         .with_flush_on_close(true)
-        .memory(settings.memory_bytes)
-        .with_shards(shards(settings.memory_bytes))
+        .memory(memory)
+        .with_shards(shards(memory))
         .with_eviction_config(eviction_config(settings.eviction))
         .with_weighter(|k: &BlockKey, v: &Block| v.0.len() + k.file.len() + ENTRY_OVERHEAD)
         .storage()
@@ -428,7 +460,7 @@ async fn open_disk(
         .build()
         .map_err(|e| open_err(e.to_string()))?;
     let region = region_size(settings.disk_bytes);
-    let inner = builder(settings, registry)
+    let inner = builder(settings, registry, memory_tier_bytes(settings, &queue))
         .with_engine_config(
             BlockEngineConfig::new(device)
                 .with_block_size(region)
@@ -673,9 +705,15 @@ mod tests {
         };
         let metrics = crate::metrics::Metrics::new().expect("metrics");
         let registry = FoyerRegistry::new(metrics.registry.clone());
-        let first = builder(&settings, &registry).build().await.expect("first");
+        let first = builder(&settings, &registry, 1 << 20)
+            .build()
+            .await
+            .expect("first");
         first.close().await.expect("close");
-        let second = builder(&settings, &registry).build().await.expect("second");
+        let second = builder(&settings, &registry, 1 << 20)
+            .build()
+            .await
+            .expect("second");
         second.insert(key(1), Block(Bytes::from_static(b"x")));
         assert!(second.memory().contains(&key(1)));
     }
@@ -715,6 +753,41 @@ mod tests {
     }
 
     const BLOCK: usize = 64 << 10;
+
+    #[test]
+    fn the_memory_tier_gets_what_the_disk_tiers_buffers_and_tables_leave() {
+        const MIB: usize = 1 << 20;
+        let defaults = CacheSettings {
+            memory_bytes: 1 << 30,
+            disk_bytes: 50 << 30,
+            disk_dir: std::path::PathBuf::new(),
+            block_size: BLOCK,
+            eviction: Eviction::default(),
+            on_disk_error: OnDiskError::Fail,
+        };
+        let queue = WriteQueue::for_memory(defaults.memory_bytes);
+        // 2 x 32 MiB of flush buffers, half the 128 MiB queue, 4 MiB of refresh ages, 8 MiB of hot-set table.
+        assert_eq!(
+            memory_tier_bytes(&defaults, &queue),
+            1024 * MIB - 64 * MIB - 64 * MIB - 4 * MIB - 8 * MIB
+        );
+        let memory_only = CacheSettings {
+            disk_bytes: 0,
+            ..defaults.clone()
+        };
+        // The hot-set table then covers the memory tier: 32,768 slots.
+        assert_eq!(
+            memory_tier_bytes(&memory_only, &queue),
+            1024 * MIB - 256 * 1024
+        );
+        let tiny = CacheSettings {
+            memory_bytes: 8 * MIB,
+            disk_bytes: 64 * MIB,
+            ..defaults
+        };
+        let q = WriteQueue::for_memory(tiny.memory_bytes);
+        assert_eq!(memory_tier_bytes(&tiny, &q), 4 * MIB, "never below half");
+    }
 
     fn small_disk(dir: &std::path::Path) -> CacheSettings {
         CacheSettings {

@@ -113,6 +113,25 @@ fn unpack(v: u64) -> (u64, u64, u64) {
     )
 }
 
+/// Slots for a tier: room for twice its blocks, so a hot set twice the tier is still measured, not just "too big".
+fn slots(tier_bytes: u64, block_size: u64) -> usize {
+    let blocks = (tier_bytes / block_size.max(1)).saturating_mul(2);
+    usize::try_from(blocks)
+        .unwrap_or(MAX_SLOTS)
+        .clamp(MIN_SLOTS, MAX_SLOTS)
+        .next_power_of_two()
+}
+
+/// Memory the estimate's table takes for these tiers (counted against `cache.memory`).
+pub fn table_bytes(memory_bytes: u64, disk_bytes: u64, block_size: u64) -> usize {
+    let tier = if disk_bytes > 0 {
+        disk_bytes
+    } else {
+        memory_bytes
+    };
+    slots(tier, block_size) * std::mem::size_of::<AtomicU64>()
+}
+
 impl HotSet {
     /// `memory_bytes`/`disk_bytes`: the tiers; `window`: how far apart two reads of a block may be for it to be
     /// hot; the gauge and counter are the proxy's `b2proxy_cache_hot_set_bytes` and
@@ -130,12 +149,7 @@ impl HotSet {
         } else {
             ("memory", memory_bytes)
         };
-        // Room for twice the tier's blocks: a hot set twice the tier is still measured, not just "too big".
-        let blocks = (tier_bytes / block_size.max(1)).saturating_mul(2);
-        let n = usize::try_from(blocks)
-            .unwrap_or(MAX_SLOTS)
-            .clamp(MIN_SLOTS, MAX_SLOTS)
-            .next_power_of_two();
+        let n = slots(tier_bytes, block_size);
         Self {
             slots: (0..n).map(|_| AtomicU64::new(0)).collect(),
             mask: n as u64 - 1,

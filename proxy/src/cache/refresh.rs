@@ -28,6 +28,19 @@ const EPOCHS_PER_DISK: u64 = 16;
 /// A block this many epochs old (a quarter of the disk written since) is rewritten when read.
 const REFRESH_AGE: u16 = (EPOCHS_PER_DISK / 4) as u16;
 
+/// Two slots per block the disk can hold, within 2^10..2^24.
+fn slots(disk_bytes: usize, block_size: usize) -> usize {
+    (disk_bytes / block_size.max(1))
+        .saturating_mul(2)
+        .clamp(1 << 10, 1 << 24)
+        .next_power_of_two()
+}
+
+/// Memory the age table takes for this disk tier (counted against `cache.memory`).
+pub fn table_bytes(disk_bytes: usize, block_size: usize) -> usize {
+    slots(disk_bytes, block_size) * std::mem::size_of::<AtomicU16>()
+}
+
 pub struct DiskRefresh {
     /// Epoch of each slot's last disk write.
     written: Box<[AtomicU16]>,
@@ -52,11 +65,7 @@ impl DiskRefresh {
         rewritten_blocks: IntCounter,
         rewritten_bytes: IntCounter,
     ) -> Self {
-        let entries = disk_bytes / block_size.max(1);
-        let slots = entries
-            .saturating_mul(2)
-            .clamp(1 << 10, 1 << 24)
-            .next_power_of_two();
+        let slots = slots(disk_bytes, block_size);
         let epoch_bytes = (disk_bytes as u64 / EPOCHS_PER_DISK).max(1);
         Self {
             written: (0..slots).map(|_| AtomicU16::new(0)).collect(),
