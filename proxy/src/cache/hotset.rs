@@ -273,7 +273,8 @@ impl HotSet {
                 if gap < MIN_GAP.as_secs() / TICK.as_secs() {
                     return;
                 }
-                let hot = gap <= self.window_ticks && counted != counted_mark;
+                let again = gap <= self.window_ticks;
+                let hot = again && counted != counted_mark;
                 let next = pack(tag, now, if hot { counted_mark } else { counted });
                 if slot
                     .compare_exchange(v, next, Ordering::Relaxed, Ordering::Relaxed)
@@ -281,12 +282,14 @@ impl HotSet {
                 {
                     continue;
                 }
+                let weighted = (bytes as u64) << shift;
                 if hot {
-                    let weighted = (bytes as u64) << shift;
                     self.hot[(g % 2) as usize].fetch_add(weighted, Ordering::Relaxed);
-                    if !cached {
-                        self.refetched.inc_by(weighted);
-                    }
+                }
+                // Every refetch counts, not only the first re-read of the window: a header counted hot at its
+                // second read and evicted later is refetched at every read after that.
+                if again && !cached {
+                    self.refetched.inc_by(weighted);
                 }
                 return;
             }
@@ -482,6 +485,27 @@ mod tests {
         // Nothing read for two windows: nothing is known to be hot.
         tokio::time::advance(Duration::from_secs(200)).await;
         assert_eq!(hot.estimate(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_refetch_of_a_hot_block_counts_not_only_the_first_re_read() {
+        let hot = hotset(1 << 30, Duration::from_secs(600));
+        hot.note(h(1), BLOCK, false);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // Counted hot here, from a tier.
+        hot.note(h(1), BLOCK, true);
+        assert_eq!(hot.refetched.get(), 0);
+        // Then evicted: each later read goes upstream again, in the same window.
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            hot.note(h(1), BLOCK, false);
+        }
+        assert_eq!(hot.refetched.get(), 3 * BLOCK as u64);
+        assert_eq!(
+            hot.estimate(),
+            BLOCK as u64,
+            "the hot set still counts it once"
+        );
     }
 
     #[tokio::test(start_paused = true)]
