@@ -33,9 +33,9 @@ const PROMOTE_AFTER: Duration = Duration::from_millis(750);
 const LIST_DEADLINE: Duration = Duration::from_secs(60);
 
 /// How long shutdown waits for open requests before closing the cache anyway.
+const DRAIN: Duration = Duration::from_secs(10);
 /// How often the hot-set estimate is compared with the tiers (and its gauge updated).
 const HOT_SET_CHECK: Duration = Duration::from_secs(10);
-const DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
