@@ -544,7 +544,7 @@ fn pieces(
 }
 
 /// The pieces as one buffer (copied only when there are several).
-pub fn concat(mut pieces: Vec<Bytes>) -> Bytes {
+fn concat(mut pieces: Vec<Bytes>) -> Bytes {
     match pieces.len() {
         0 => Bytes::new(),
         1 => pieces.swap_remove(0),
