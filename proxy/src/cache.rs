@@ -19,6 +19,7 @@
 
 pub mod disk;
 pub mod hotset;
+pub(crate) mod picker;
 pub(crate) mod refresh;
 pub mod writes;
 
@@ -29,16 +30,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use foyer::{
-    Age, BlockEngineConfig, Code, DeviceBuilder, EvictionConfig, FifoConfig, FifoPicker,
-    FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy, LfuConfig, LruConfig,
-    RecoverMode, S3FifoConfig, SieveConfig, Source,
+    Age, BlockEngineConfig, Code, DeviceBuilder, EvictionConfig, FifoConfig, FsDeviceBuilder,
+    HybridCache, HybridCacheBuilder, HybridCachePolicy, LfuConfig, LruConfig, RecoverMode,
+    S3FifoConfig, SieveConfig, Source,
 };
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use disk::SetupProblem;
 pub use disk::{DiskHealth, DiskTierState, FoyerFaultLayer};
-use refresh::DiskRefresh;
+use picker::RegionOrder;
+use refresh::{DiskRefresh, RefreshMetrics};
 pub use writes::WriteQueue;
 use writes::{Sent, WriteCheck};
 
@@ -83,13 +85,23 @@ pub enum CacheError {
     Disk { key: &'static str, message: String },
 }
 
+/// What [`BlockCache::insert`] says of a fetched block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Cached,
+    /// Written to the disk tier at its second fetch: the first went to the memory tier only (disk admission,
+    /// see [`refresh`]), so this fetch is the price of admission, not a hot block the disk lost.
+    SecondFetch,
+}
+
 /// A cache of file blocks. `get` never fails the read: a broken tier is a miss (and logged).
 pub trait BlockCache: Send + Sync + 'static {
     /// The block, if cached; `expected_len` is checked so a short or foreign value is never returned.
     fn get(&self, key: &BlockKey, expected_len: usize) -> BoxFuture<'_, Option<(Bytes, Tier)>>;
     /// Cheap check (memory, and the disk index) used to decide read-ahead.
     fn contains(&self, key: &BlockKey) -> bool;
-    fn insert(&self, key: BlockKey, value: Bytes);
+    /// Caches a fetched block.
+    fn insert(&self, key: BlockKey, value: Bytes) -> Inserted;
     /// Bytes the memory tier holds now (weighed as for the budget).
     fn memory_usage(&self) -> usize;
     /// The disk tier's state, for /healthz.
@@ -216,6 +228,10 @@ pub struct FoyerCache {
     /// Present unless `cache.disk = 0`. Once degraded, only the memory tier is used.
     health: Option<Arc<DiskHealth>>,
     probe: Option<tokio::task::AbortHandle>,
+    /// Where the disk tier's order is saved at shutdown.
+    disk_dir: std::path::PathBuf,
+    /// Present with a disk tier: foyer's eviction order of its regions.
+    regions: Option<RegionOrder>,
 }
 
 /// Disk engine region ("block" in foyer's words): the unit of disk eviction. Smaller regions evict more finely
@@ -265,6 +281,8 @@ impl FoyerCache {
                 writes_task: None,
                 health: None,
                 probe: None,
+                disk_dir: settings.disk_dir.clone(),
+                regions: None,
             });
         }
         let health = DiskHealth::new(
@@ -273,7 +291,7 @@ impl FoyerCache {
         );
         disk::register(&health);
         match open_disk(settings, &registry, queue).await {
-            Ok((inner, files)) => {
+            Ok((inner, files, regions)) => {
                 metrics
                     .cache_disk_capacity_bytes
                     .set(i64::try_from(settings.disk_bytes).unwrap_or(i64::MAX));
@@ -282,17 +300,19 @@ impl FoyerCache {
                 let refresh = Arc::new(DiskRefresh::new(
                     settings.disk_bytes,
                     settings.block_size,
-                    2 * region,
-                    metrics.cache_disk_rewritten_blocks.clone(),
-                    metrics.cache_disk_rewritten_bytes.clone(),
+                    region,
+                    RefreshMetrics::from_metrics(&metrics),
                 ));
+                // A disk tier recovered full declines first fetches from the start.
+                refresh.set_room(writes::disk_has_room(&metrics.registry));
+                restore_order(&refresh, &inner, &settings.disk_dir).await;
                 let writes = Arc::new(WriteCheck::new(
                     metrics.registry.clone(),
                     metrics.cache_disk_dropped_writes.clone(),
                     metrics.cache_disk_write_retries.clone(),
                     queue,
                 ));
-                let writes_task = writes::spawn(
+                let writes_task = spawn_upkeep(
                     writes.clone(),
                     inner.clone(),
                     refresh.clone(),
@@ -307,6 +327,8 @@ impl FoyerCache {
                     metrics,
                     health: Some(health),
                     probe: Some(probe),
+                    disk_dir: settings.disk_dir.clone(),
+                    regions: Some(regions),
                 })
             }
             Err(p) if settings.on_disk_error == OnDiskError::Fail => Err(CacheError::Disk {
@@ -340,6 +362,8 @@ impl FoyerCache {
                     writes_task: None,
                     health: Some(health),
                     probe: None,
+                    disk_dir: settings.disk_dir.clone(),
+                    regions: None,
                 })
             }
         }
@@ -431,7 +455,14 @@ async fn open_disk(
     settings: &CacheSettings,
     registry: &FoyerRegistry,
     queue: WriteQueue,
-) -> Result<(HybridCache<BlockKey, Block>, Vec<std::path::PathBuf>), SetupProblem> {
+) -> Result<
+    (
+        HybridCache<BlockKey, Block>,
+        Vec<std::path::PathBuf>,
+        RegionOrder,
+    ),
+    SetupProblem,
+> {
     let dir = settings.disk_dir.clone();
     let disk_bytes = settings.disk_bytes as u64;
     let checked = tokio::task::spawn_blocking(move || {
@@ -460,6 +491,14 @@ async fn open_disk(
         .build()
         .map_err(|e| open_err(e.to_string()))?;
     let region = region_size(settings.disk_bytes);
+    let regions = match RegionOrder::load(&settings.disk_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e,
+                "cannot read the saved order of the disk tier's regions; recovered regions are evicted in foyer's order");
+            RegionOrder::default()
+        }
+    };
     let inner = builder(settings, registry, memory_tier_bytes(settings, &queue))
         .with_engine_config(
             BlockEngineConfig::new(device)
@@ -468,9 +507,9 @@ async fn open_disk(
                 .with_flushers(queue.flushers)
                 .with_buffer_pool_size(queue.buffer_pool)
                 .with_submit_queue_size_threshold(queue.queue_threshold)
-                // Strict FIFO (no early eviction of mostly-invalid regions), so a block's disk lifetime
-                // is the disk's capacity of writes, which is what `refresh` reckons with.
-                .with_eviction_pickers(vec![Box::new(FifoPicker::default())]),
+                // Strict FIFO, also across restarts (no early eviction of mostly-invalid regions), so a
+                // block's disk lifetime is the disk's capacity of writes, which is what `refresh` reckons with.
+                .with_eviction_pickers(vec![regions.picker()]),
         )
         .with_recover_mode(RecoverMode::Quiet)
         .build()
@@ -488,7 +527,7 @@ async fn open_disk(
                 tracing::warn!(dir = %settings.disk_dir.display(),
                     "cannot find the disk tier's files: they are neither preallocated nor probed");
             }
-            return Ok((inner, files));
+            return Ok((inner, files, regions));
         }
         Ok(Err(p)) => p,
         Err(e) => SetupProblem {
@@ -500,6 +539,110 @@ async fn open_disk(
         tracing::debug!(error = %e, "closing the unusable disk cache");
     }
     Err(problem)
+}
+
+/// Blocks given a second chance per batch of the upkeep (each is a memory lookup or a disk read, then a write).
+const TAIL_BATCH: usize = 64;
+
+/// Every `every`, until the cache is dropped or its disk tier degrades: reads foyer's free regions, gives the
+/// read blocks near the log's tail a second chance (`refresh`), then checks the writes (`writes`).
+fn spawn_upkeep(
+    check: Arc<WriteCheck>,
+    cache: HybridCache<BlockKey, Block>,
+    refresh: Arc<DiskRefresh>,
+    health: std::sync::Weak<DiskHealth>,
+    every: Duration,
+) -> tokio::task::AbortHandle {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            match health.upgrade() {
+                Some(h) if !h.is_degraded() => {}
+                _ => return,
+            }
+            upkeep(&check, &cache, &refresh).await;
+        }
+    })
+    .abort_handle()
+}
+
+async fn upkeep(check: &WriteCheck, cache: &HybridCache<BlockKey, Block>, refresh: &DiskRefresh) {
+    refresh.set_room(writes::disk_has_room(check.registry()));
+    keep_tail(cache, refresh, check).await;
+    check.check(cache, refresh).await;
+}
+
+/// Writes again the blocks `refresh` finds read near the tail, from the memory tier or read back from disk.
+async fn keep_tail(
+    cache: &HybridCache<BlockKey, Block>,
+    refresh: &DiskRefresh,
+    check: &WriteCheck,
+) {
+    loop {
+        let due = refresh.due(TAIL_BATCH);
+        if due.is_empty() {
+            return;
+        }
+        for w in due {
+            let entry = match cache.memory().get(&w.key) {
+                Some(e) => Some(e),
+                None => match AssertUnwindSafe(cache.get(&w.key)).catch_unwind().await {
+                    Ok(Ok(e)) => e,
+                    Ok(Err(e)) => {
+                        tracing::debug!(file = %w.key.file, block = w.key.index, error = %e,
+                            "reading a block back for its second chance failed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!("foyer panicked reading a block back for its second chance");
+                        None
+                    }
+                },
+            };
+            let Some(entry) = entry.filter(|e| e.value().0.len() == w.bytes as usize) else {
+                // Gone from both tiers already (the estimate of the tail was late): fetched at its next read.
+                refresh.not_rewritten(&w);
+                continue;
+            };
+            let wrote = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                if entry.properties().age() == Age::Young {
+                    cache.insert(w.key.clone(), entry.value().clone());
+                } else {
+                    cache.storage().enqueue(entry.piece(), false);
+                }
+            }));
+            if wrote.is_err() {
+                tracing::warn!("foyer panicked writing a block again");
+                refresh.not_rewritten(&w);
+                return;
+            }
+            refresh.rewrote(&w);
+            check.sent(w.key.clone(), w.hash, w.bytes as usize, Sent::Rewrite);
+        }
+        // Other tasks (the flushers among them) run between batches.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Loads the log's order saved at the last clean shutdown, keeping what foyer recovered.
+async fn restore_order(
+    refresh: &DiskRefresh,
+    cache: &HybridCache<BlockKey, Block>,
+    dir: &std::path::Path,
+) {
+    let hasher = foyer::DefaultHasher::default();
+    match refresh.load(
+        dir,
+        |k| cache.storage().may_contains(k),
+        |k| std::hash::BuildHasher::hash_one(&hasher, k),
+    ) {
+        Ok(0) => {
+            tracing::debug!("no saved disk order: blocks recovered are placed at their first read")
+        }
+        Ok(n) => tracing::info!(blocks = n, "restored the disk tier's order"),
+        Err(e) => tracing::warn!(error = %e,
+            "cannot read the saved disk order; blocks recovered are placed at their first read"),
+    }
 }
 
 impl BlockCache for FoyerCache {
@@ -531,18 +674,20 @@ impl BlockCache for FoyerCache {
                     }
                     if let Some(refresh) = &self.refresh
                         && self.disk_ok()
-                        && refresh.should_rewrite(entry.hash(), value.len())
                     {
-                        if entry.properties().age() == Age::Young {
-                            // Loaded from disk: foyer skips enqueueing such an entry, so insert it anew.
-                            self.inner.insert(key.clone(), Block(value.clone()));
-                        } else {
-                            // To the disk log only (a new sequence, at its head): a memory-tier insert would
-                            // restart the block's S3-FIFO standing.
-                            self.inner.storage().enqueue(entry.piece(), false);
-                        }
-                        if let Some(w) = &self.writes {
-                            w.sent(key, entry.hash(), value.len(), Sent::Rewrite);
+                        refresh.note_read(entry.hash());
+                        if refresh.should_rewrite(&key, entry.hash(), value.len()) {
+                            if entry.properties().age() == Age::Young {
+                                // Loaded from disk: foyer skips enqueueing such an entry, so insert it anew.
+                                self.inner.insert(key.clone(), Block(value.clone()));
+                            } else {
+                                // To the disk log only (a new sequence, at its head): a memory-tier insert
+                                // would restart the block's S3-FIFO standing.
+                                self.inner.storage().enqueue(entry.piece(), false);
+                            }
+                            if let Some(w) = &self.writes {
+                                w.sent(key, entry.hash(), value.len(), Sent::Rewrite);
+                            }
                         }
                     }
                     Some((value, tier))
@@ -578,26 +723,36 @@ impl BlockCache for FoyerCache {
         }
     }
 
-    fn insert(&self, key: BlockKey, value: Bytes) {
+    fn insert(&self, key: BlockKey, value: Bytes) -> Inserted {
         self.metrics.cache_inserted_bytes.inc_by(value.len() as u64);
         let len = value.len();
-        if self.disk_ok() {
-            let k = key.clone();
-            let v = value.clone();
-            match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.insert(k, Block(v)))) {
-                Ok(entry) => {
-                    if let Some(refresh) = &self.refresh {
-                        refresh.inserted(entry.hash(), len);
-                    }
-                    if let Some(w) = &self.writes {
-                        w.sent(key, entry.hash(), len, Sent::New);
-                    }
-                    return;
+        let mut inserted = Inserted::Cached;
+        if self.disk_ok()
+            && let Some(refresh) = &self.refresh
+        {
+            let hash = std::hash::BuildHasher::hash_one(&foyer::DefaultHasher::default(), &key);
+            let admission = refresh.admit(&key, hash, len);
+            if admission.to_disk() {
+                if admission == (refresh::Admission::ReadBefore { second_fetch: true }) {
+                    inserted = Inserted::SecondFetch;
                 }
-                Err(_) => self.fault("panic", "foyer panicked in an insertion"),
+                let k = key.clone();
+                let v = value.clone();
+                match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.insert(k, Block(v))))
+                {
+                    Ok(entry) => {
+                        debug_assert_eq!(entry.hash(), hash, "foyer hashes keys as the proxy does");
+                        if let Some(w) = &self.writes {
+                            w.sent(key, hash, len, Sent::New);
+                        }
+                        return inserted;
+                    }
+                    Err(_) => self.fault("panic", "foyer panicked in an insertion"),
+                }
             }
         }
         self.inner.memory().insert(key, Block(value));
+        inserted
     }
 
     fn memory_usage(&self) -> usize {
@@ -629,7 +784,7 @@ impl BlockCache for FoyerCache {
             // In a task of its own: a panic inside foyer becomes an error here instead of unwinding through
             // the shutdown path, and a wedged engine cannot hold the exit forever.
             let inner = self.inner.clone();
-            match tokio::time::timeout(
+            let closed = match tokio::time::timeout(
                 CLOSE_TIMEOUT,
                 tokio::spawn(async move { inner.close().await }),
             )
@@ -642,7 +797,24 @@ impl BlockCache for FoyerCache {
                 Err(_) => Err(CacheError::Io(format!(
                     "the disk tier did not close within {CLOSE_TIMEOUT:?}"
                 ))),
+            };
+            // Only after foyer flushed: the order then describes exactly what the next start recovers.
+            if closed.is_ok()
+                && let (Some(refresh), Some(regions)) = (self.refresh.clone(), self.regions.clone())
+            {
+                let dir = self.disk_dir.clone();
+                let saved = tokio::task::spawn_blocking(move || {
+                    regions.save(&dir)?;
+                    refresh.save(&dir)
+                });
+                match saved.await {
+                    Ok(Ok(n)) => tracing::debug!(blocks = n, "saved the disk tier's order"),
+                    Ok(Err(e)) => tracing::warn!(error = %e,
+                        "cannot save the disk tier's order; after the restart, blocks are placed at their first read"),
+                    Err(e) => tracing::warn!(error = %e, "saving the disk tier's order failed"),
+                }
             }
+            closed
         }
         .boxed()
     }
@@ -766,10 +938,14 @@ mod tests {
             on_disk_error: OnDiskError::Fail,
         };
         let queue = WriteQueue::for_memory(defaults.memory_bytes);
-        // 2 x 32 MiB of flush buffers, half the 128 MiB queue, 4 MiB of refresh ages, 8 MiB of hot-set table.
+        // The disk tier's order: 1,024,064 places of 48 bytes, an index of 2^21 buckets of 17 bytes, 4 MiB of
+        // ghost table (85 MiB for 50 GiB of disk).
+        let order = refresh::table_bytes(defaults.disk_bytes, BLOCK);
+        assert_eq!(order, 1_024_064 * 48 + (1 << 21) * 17 + 4 * MIB);
+        // 2 x 32 MiB of flush buffers, half the 128 MiB queue, the order, 8 MiB of hot-set table.
         assert_eq!(
             memory_tier_bytes(&defaults, &queue),
-            1024 * MIB - 64 * MIB - 64 * MIB - 4 * MIB - 8 * MIB
+            1024 * MIB - 64 * MIB - 64 * MIB - order - 8 * MIB
         );
         let memory_only = CacheSettings {
             disk_bytes: 0,
@@ -940,5 +1116,139 @@ mod tests {
         cache.close().await.expect("close");
         drop(cache);
         all_served_from_disk_after_restart(&settings, N).await;
+    }
+
+    /// A farm on the real disk engine: a hot set of half the disk tier, read every round from disk (the memory
+    /// tier holds a few dozen blocks), among cold blocks fetched once or twice, through turns of the log and a
+    /// restart. The upkeep runs when the test says, after foyer flushed, so the test is deterministic.
+    #[tokio::test]
+    async fn the_hot_set_stays_on_disk_through_turns_of_the_log_and_a_restart() {
+        const HOT: u64 = 480;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = CacheSettings {
+            memory_bytes: 4 << 20,
+            disk_bytes: 64 << 20,
+            disk_dir: dir.path().to_path_buf(),
+            block_size: BLOCK,
+            eviction: Eviction::default(),
+            on_disk_error: OnDiskError::Fail,
+        };
+        let open = |metrics: Arc<crate::metrics::Metrics>| {
+            let settings = settings.clone();
+            async move {
+                FoyerCache::open_with(
+                    &settings,
+                    metrics,
+                    WriteQueue::for_memory(settings.memory_bytes),
+                    Duration::from_secs(3600),
+                )
+                .await
+                .expect("open")
+            }
+        };
+        let upkeep_now = |c: &FoyerCache| {
+            let (check, refresh) = (
+                c.writes.clone().expect("disk tier"),
+                c.refresh.clone().expect("disk tier"),
+            );
+            let inner = c.inner.clone();
+            async move {
+                inner.storage().wait().await;
+                upkeep(&check, &inner, &refresh).await;
+                inner.storage().wait().await;
+            }
+        };
+        let hot_block = |i: u64| Bytes::from(vec![i as u8; BLOCK]);
+        let mut cold = 1u64 << 20;
+        // One round: every hot block read (a miss is fetched and inserted), 200 cold blocks, every other one
+        // fetched twice. Returns the hot blocks that were fetched.
+        async fn round(
+            cache: &FoyerCache,
+            cold: &mut u64,
+            upkeep_now: &(impl AsyncFn(&FoyerCache) + ?Sized),
+            hot_block: &impl Fn(u64) -> Bytes,
+        ) -> u64 {
+            let mut fetched = 0;
+            for n in 0..HOT {
+                match cache.get(&key(n), BLOCK).await {
+                    Some((v, _)) => assert_eq!(v, hot_block(n), "hot block {n}"),
+                    None => {
+                        fetched += 1;
+                        cache.insert(key(n), hot_block(n));
+                    }
+                }
+                if n % 12 == 0 {
+                    for _ in 0..5 {
+                        *cold += 1;
+                        cache.insert(key(*cold), block(*cold));
+                        if cold.is_multiple_of(2) {
+                            cache.insert(key(*cold), block(*cold));
+                        }
+                    }
+                }
+                if n % 32 == 0 {
+                    upkeep_now(cache).await;
+                }
+            }
+            fetched
+        }
+
+        let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
+        let cache = open(metrics.clone()).await;
+        let (mut settling, mut refetched) = (0, 0);
+        for r in 0..24 {
+            let fetched = round(&cache, &mut cold, &upkeep_now, &hot_block).await;
+            match r {
+                // The warm-up (with its cold blocks, about as much as the log holds) and the first turn of its
+                // blocks, which were written unread: a few may be let go before their next read.
+                0 | 1 => {}
+                2 => settling += fetched,
+                _ => refetched += fetched,
+            }
+        }
+        assert!(
+            settling <= HOT / 20,
+            "{settling} fetched again in the first turn"
+        );
+        let written = metrics.cache_inserted_bytes.get() + metrics.cache_disk_rewritten_bytes.get();
+        assert!(
+            written >= 2 * settings.disk_bytes as u64,
+            "the log must turn at least twice: {written} bytes written"
+        );
+        let declined = metrics
+            .cache_disk_admissions
+            .with_label_values(&["declined"])
+            .get();
+        assert!(declined > 0, "a full log declines first fetches");
+        assert!(metrics.cache_disk_rewritten_blocks.get() > 0);
+        assert_eq!(refetched, 0, "hot blocks fetched again after the warm-up");
+        cache.close().await.expect("close");
+        drop(cache);
+
+        // After a clean restart the order is back: every hot block is on disk, and stays there.
+        let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
+        let cache = open(metrics.clone()).await;
+        assert!(
+            !dir.path().join(refresh::ORDER_FILE).exists(),
+            "the saved order is consumed at start"
+        );
+        for i in 0..HOT {
+            let (_, tier) = cache
+                .get(&key(i), BLOCK)
+                .await
+                .unwrap_or_else(|| panic!("hot block {i} is not on disk after the restart"));
+            assert_eq!(tier, Tier::Disk);
+        }
+        assert_eq!(
+            metrics.cache_disk_rewritten_blocks.get(),
+            0,
+            "the restored order places every recovered hot block: none needs a rewrite to get one"
+        );
+        let mut refetched = 0;
+        for _ in 0..12 {
+            refetched += round(&cache, &mut cold, &upkeep_now, &hot_block).await;
+        }
+        assert_eq!(refetched, 0, "hot blocks fetched again after the restart");
+        cache.close().await.expect("close");
     }
 }

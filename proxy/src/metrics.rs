@@ -37,6 +37,7 @@ pub struct Metrics {
     pub cache_hit_bytes: IntCounterVec,
     pub cache_misses: IntCounter,
     pub cache_inserted_bytes: IntCounter,
+    pub cache_disk_admissions: IntCounterVec,
     pub cache_disk_rewritten_blocks: IntCounter,
     pub cache_disk_rewritten_bytes: IntCounter,
     pub cache_disk_dropped_writes: IntCounter,
@@ -171,10 +172,19 @@ impl Metrics {
                 "cache_inserted_bytes_total",
                 "Bytes of blocks inserted into the cache",
             )?,
+            cache_disk_admissions: counter_vec(
+                &r,
+                "cache_disk_admissions_total",
+                "Fetched blocks by what the disk tier did with them: free_space (written: the log had free \
+                 regions), read_before (written: on disk before, or declined at an earlier fetch), declined \
+                 (memory tier only: first fetch since the log filled up)",
+                &["decision"],
+            )?,
             cache_disk_rewritten_blocks: counter(
                 &r,
                 "cache_disk_rewritten_blocks_total",
-                "Blocks read when their disk copy was a quarter of the disk old, written again so they stay on disk",
+                "Blocks read when their disk copy was near the tail of the log (15/16 of the disk old), written \
+                 again so they stay on disk",
             )?,
             cache_disk_rewritten_bytes: counter(
                 &r,
@@ -393,6 +403,9 @@ impl Metrics {
         for tier in ["memory", "disk"] {
             self.cache_hits.with_label_values(&[tier]);
             self.cache_hit_bytes.with_label_values(&[tier]);
+        }
+        for decision in ["free_space", "read_before", "declined"] {
+            self.cache_disk_admissions.with_label_values(&[decision]);
         }
         for class in ["B", "C"] {
             self.b2_transactions.with_label_values(&[class]);

@@ -10,7 +10,7 @@ use prometheus::IntCounter;
 use shuttle::sync::atomic::{AtomicUsize, Ordering};
 use shuttle::thread;
 
-use crate::cache::refresh::DiskRefresh;
+use crate::cache::refresh::{DiskRefresh, RefreshMetrics};
 use crate::fetch::inflight::InflightTable;
 use crate::sync::Mutex;
 
@@ -125,6 +125,13 @@ fn model_guards_remove_only_their_own_runs() {
     );
 }
 
+fn key(index: u64) -> crate::cache::BlockKey {
+    crate::cache::BlockKey {
+        file: Arc::from("4_zmodel"),
+        index,
+    }
+}
+
 /// Readers of one old block race to rewrite it: exactly one wins, and the rewrite budget is spent exactly
 /// once (the losers give their tokens back).
 #[test]
@@ -133,25 +140,19 @@ fn model_disk_refresh_rewrites_an_old_block_once() {
     const BLOCK: usize = 4096;
     shuttle::check_random(
         || {
-            let blocks = IntCounter::new("b", "b").unwrap_or_else(|e| panic!("{e}"));
-            let bytes = IntCounter::new("y", "y").unwrap_or_else(|e| panic!("{e}"));
-            let r = Arc::new(DiskRefresh::new(
-                DISK,
-                BLOCK,
-                8 * BLOCK,
-                blocks.clone(),
-                bytes,
-            ));
-            // Earn tokens and age block 1 past the refresh age.
+            let metrics = RefreshMetrics::detached();
+            let blocks = metrics.rewritten_blocks.clone();
+            let r = Arc::new(DiskRefresh::new(DISK, BLOCK, BLOCK, metrics));
+            // Earn tokens. Block 1 was never placed (as one recovered after a crash).
             for h in 0..(DISK / BLOCK) as u64 {
-                r.inserted(1000 + h, BLOCK);
+                r.admit(&key(1000 + h), (1 << 50) | h, BLOCK);
             }
             let wins = Arc::new(AtomicUsize::new(0));
             let readers: Vec<_> = (0..3)
                 .map(|_| {
                     let (r, wins) = (r.clone(), wins.clone());
                     thread::spawn(move || {
-                        if r.should_rewrite(1, BLOCK) {
+                        if r.should_rewrite(&key(1), 1, BLOCK) {
                             wins.fetch_add(1, Ordering::SeqCst);
                         }
                     })
@@ -162,9 +163,11 @@ fn model_disk_refresh_rewrites_an_old_block_once() {
             }
             assert_eq!(wins.load(Ordering::SeqCst), 1);
             assert_eq!(blocks.get(), 1);
-            // 8 blocks of budget, one spent: 7 more old blocks can be rewritten, not 8.
-            let more = (2..20u64).filter(|&h| r.should_rewrite(h, BLOCK)).count();
-            assert_eq!(more, 7);
+            // 16 blocks of budget (a sixteenth of the disk), one spent: 15 more can be rewritten, not 16.
+            let more = (2..20u64)
+                .filter(|&h| r.should_rewrite(&key(h), h, BLOCK))
+                .count();
+            assert_eq!(more, 15);
         },
         ITERATIONS / 3,
     );

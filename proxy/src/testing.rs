@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::cache::{BlockCache, BlockKey, CacheError, Tier};
+use crate::cache::{BlockCache, BlockKey, CacheError, Inserted, Tier};
 use crate::fetch::{FetchSettings, Fetcher};
 use crate::metrics::Metrics;
 use crate::policy::breaker::BreakerSettings;
@@ -56,9 +56,10 @@ impl BlockCache for MapCache {
         self.blocks.lock().contains_key(key)
     }
 
-    fn insert(&self, key: BlockKey, value: Bytes) {
+    fn insert(&self, key: BlockKey, value: Bytes) -> Inserted {
         self.inserts.fetch_add(1, Ordering::Relaxed);
         self.blocks.lock().insert(key, value);
+        Inserted::Cached
     }
 
     fn memory_usage(&self) -> usize {

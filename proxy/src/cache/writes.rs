@@ -21,7 +21,6 @@
 //! Bounded: the pending list holds at most [`MAX_PENDING`] keys (about 10 MB); past that a block is not checked
 //! (counted in the debug log; its drop, if any, is still counted by foyer's counter and repaired by `refresh`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use foyer::HybridCache;
@@ -112,6 +111,11 @@ impl WriteCheck {
             retries,
             queue,
         }
+    }
+
+    /// The registry holding foyer's metrics.
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.registry
     }
 
     /// A block was handed to foyer's disk tier.
@@ -222,6 +226,26 @@ impl WriteCheck {
     }
 }
 
+/// Clean regions past which the disk log still has room: foyer's reclaimer keeps one clean (its threshold) and
+/// each flusher holds one, so a full log shows 0-3.
+const ROOM_REGIONS: f64 = 4.0;
+
+/// Whether foyer's block engine still has never-used (clean) regions, from its gauge in the proxy's registry
+/// (`foyer_storage_block_engine_block{type="clean"}`). Without the gauge: room, as a new log has.
+pub fn disk_has_room(registry: &prometheus::Registry) -> bool {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "foyer_storage_block_engine_block")
+        .flat_map(|f| f.get_metric().iter())
+        .find(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "type" && l.value() == "clean")
+        })
+        .is_none_or(|m| m.get_gauge().get_value() >= ROOM_REGIONS)
+}
+
 /// foyer's count of dropped disk writes, as registered in the proxy's registry.
 fn foyer_drops(registry: &prometheus::Registry) -> u64 {
     registry
@@ -236,25 +260,4 @@ fn foyer_drops(registry: &prometheus::Registry) -> u64 {
         })
         .map(|m| m.get_counter().get_value() as u64)
         .sum()
-}
-
-/// Runs [`WriteCheck::check`] every [`CHECK_EVERY`] until the cache is dropped or its disk tier degrades.
-pub fn spawn(
-    check: Arc<WriteCheck>,
-    cache: HybridCache<BlockKey, Block>,
-    refresh: Arc<DiskRefresh>,
-    health: std::sync::Weak<super::DiskHealth>,
-    every: Duration,
-) -> tokio::task::AbortHandle {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
-            match health.upgrade() {
-                Some(h) if !h.is_degraded() => {}
-                _ => return,
-            }
-            check.check(&cache, &refresh).await;
-        }
-    })
-    .abort_handle()
 }

@@ -27,7 +27,7 @@ use futures::future::{BoxFuture, Shared};
 use self::inflight::{InflightTable, Planner};
 use self::readahead::{Prefetched, Streams};
 use crate::cache::hotset::HotSet;
-use crate::cache::{BlockCache, BlockKey, Tier};
+use crate::cache::{BlockCache, BlockKey, Inserted, Tier};
 use crate::metrics::Metrics;
 use crate::policy::{Purpose, Upstream};
 use crate::sync::Mutex;
@@ -458,7 +458,14 @@ impl Fetcher {
                         .inc_by(wasted);
                 }
             }
-            self.cache.insert(key, block.clone());
+            if self.cache.insert(key.clone(), block.clone()) == Inserted::SecondFetch
+                && purpose != Purpose::ReadAhead
+            {
+                // The disk tier declined this block at its first fetch: this one is the cost of its admission,
+                // not a hot block lost. Noted as read now, so the reader's own note (moments later) is not
+                // counted as a refetch.
+                self.note_read(&key, block.len(), true);
+            }
             blocks.push(block);
         }
         if purpose == Purpose::ReadAhead {
