@@ -676,7 +676,7 @@ impl BlockCache for FoyerCache {
                         && self.disk_ok()
                     {
                         refresh.note_read(entry.hash());
-                        if refresh.should_rewrite(&key, entry.hash(), value.len()) {
+                        if let Some(why) = refresh.on_read(&key, entry.hash(), value.len()) {
                             if entry.properties().age() == Age::Young {
                                 // Loaded from disk: foyer skips enqueueing such an entry, so insert it anew.
                                 self.inner.insert(key.clone(), Block(value.clone()));
@@ -686,7 +686,11 @@ impl BlockCache for FoyerCache {
                                 self.inner.storage().enqueue(entry.piece(), false);
                             }
                             if let Some(w) = &self.writes {
-                                w.sent(key, entry.hash(), value.len(), Sent::Rewrite);
+                                let kind = match why {
+                                    refresh::ReadWrite::Admitted => Sent::New,
+                                    refresh::ReadWrite::Rewritten => Sent::Rewrite,
+                                };
+                                w.sent(key, entry.hash(), value.len(), kind);
                             }
                         }
                     }

@@ -152,7 +152,7 @@ fn model_disk_refresh_rewrites_an_old_block_once() {
                 .map(|_| {
                     let (r, wins) = (r.clone(), wins.clone());
                     thread::spawn(move || {
-                        if r.should_rewrite(&key(1), 1, BLOCK) {
+                        if r.on_read(&key(1), 1, BLOCK).is_some() {
                             wins.fetch_add(1, Ordering::SeqCst);
                         }
                     })
@@ -165,7 +165,7 @@ fn model_disk_refresh_rewrites_an_old_block_once() {
             assert_eq!(blocks.get(), 1);
             // 16 blocks of budget (a sixteenth of the disk), one spent: 15 more can be rewritten, not 16.
             let more = (2..20u64)
-                .filter(|&h| r.should_rewrite(&key(h), h, BLOCK))
+                .filter(|&h| r.on_read(&key(h), h, BLOCK).is_some())
                 .count();
             assert_eq!(more, 15);
         },

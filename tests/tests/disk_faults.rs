@@ -106,6 +106,8 @@ struct Tally {
     ok: AtomicU64,
     wrong: AtomicU64,
     failed: AtomicU64,
+    /// Set by a test at an event (the filesystem filled): reads record whether they started after it.
+    marked: AtomicBool,
 }
 
 impl Tally {
@@ -118,16 +120,20 @@ impl Tally {
     }
 }
 
-/// `clients` readers of random 64 KiB block-aligned ranges (misses: every one is written to the disk tier),
-/// each checked against the emulator, until `stop`. Offsets are drawn from `seed` so a run can be replayed.
+/// `clients` readers of random 64 KiB block-aligned ranges, each checked against the emulator, until `stop`.
+/// With `hot` > 0 every other read is of one of the first `hot` blocks (read again and again: what the disk tier
+/// keeps once it is full), the rest are spread over the file (misses, read once). Offsets are drawn from `seed` so
+/// a run can be replayed; each task returns the offsets it read exactly, with whether [`Tally::marked`] was set
+/// when the read started.
 fn start_load(
     emu: Arc<Emulator>,
     base: String,
     clients: u64,
     seed: u64,
+    hot: u64,
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
-) -> Vec<tokio::task::JoinHandle<Vec<u64>>> {
+) -> Vec<tokio::task::JoinHandle<Vec<(u64, bool)>>> {
     (0..clients)
         .map(|c| {
             let (emu, base, stop, tally) = (emu.clone(), base.clone(), stop.clone(), tally.clone());
@@ -135,11 +141,19 @@ fn start_load(
                 let http = http();
                 let mut x = seed ^ (c + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 let mut offsets = Vec::new();
+                let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    let off = (x % (FILE_SIZE / READ)) * READ;
+                    n += 1;
+                    let blocks = if hot > 0 && n.is_multiple_of(2) {
+                        hot
+                    } else {
+                        FILE_SIZE / READ
+                    };
+                    let off = (x % blocks) * READ;
+                    let marked = tally.marked.load(Ordering::Relaxed);
                     let r = http
                         .get(format!("{base}/files/{FILE}"))
                         .header("Range", format!("bytes={}-{}", off, off + READ - 1))
@@ -154,7 +168,7 @@ fn start_load(
                             let want = emu.expected_bytes(FILE, off, READ).expect("expected bytes");
                             if b[..] == want[..] {
                                 tally.ok.fetch_add(1, Ordering::Relaxed);
-                                offsets.push(off);
+                                offsets.push((off, marked));
                             } else {
                                 tally.wrong.fetch_add(1, Ordering::Relaxed);
                             }
@@ -170,7 +184,10 @@ fn start_load(
         .collect()
 }
 
-async fn stop_load(stop: &AtomicBool, tasks: Vec<tokio::task::JoinHandle<Vec<u64>>>) -> Vec<u64> {
+async fn stop_load(
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<Vec<(u64, bool)>>>,
+) -> Vec<(u64, bool)> {
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     for t in tasks {
@@ -256,6 +273,7 @@ async fn a_disk_larger_than_its_filesystem_is_refused_or_runs_memory_only() {
         d.base.clone(),
         4,
         1,
+        0,
         stop.clone(),
         tally.clone(),
     );
@@ -282,6 +300,9 @@ async fn a_disk_larger_than_its_filesystem_is_refused_or_runs_memory_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_filesystem_filled_by_others_under_load_keeps_the_disk_tier_working() {
+    // Read again and again among the misses: 13.6 MiB of disk, within the 18 MiB the 24 MiB tier keeps and more
+    // than the 16 MiB memory tier holds beside the misses.
+    const HOT: u64 = 200;
     let emu = emulator().await;
     let work = scratch();
     let fs = Tmpfs::mount(&work.path().join("fs"), "40m");
@@ -301,6 +322,7 @@ async fn a_filesystem_filled_by_others_under_load_keeps_the_disk_tier_working() 
         d.base.clone(),
         6,
         2,
+        HOT,
         stop.clone(),
         tally.clone(),
     );
@@ -321,6 +343,7 @@ async fn a_filesystem_filled_by_others_under_load_keeps_the_disk_tier_working() 
     })
     .await
     .expect("filler");
+    tally.marked.store(true, Ordering::Relaxed);
     assert_eq!(
         filled.1.kind(),
         std::io::ErrorKind::StorageFull,
@@ -348,8 +371,21 @@ async fn a_filesystem_filled_by_others_under_load_keeps_the_disk_tier_working() 
         "exit {status:?}:\n{log}"
     );
 
-    // The blocks written after the filesystem filled up are on disk: a restart serves them from there.
-    let late: Vec<u64> = after_full.iter().rev().take(40).copied().collect();
+    // The hot blocks first read after the filesystem filled up, and read again (so the disk tier admitted them,
+    // at their first fetch while it had free space, else at their second read), are on disk: a restart serves
+    // them from there.
+    let mut reads: std::collections::HashMap<u64, (bool, u32)> = std::collections::HashMap::new();
+    for &(off, marked) in &after_full {
+        let r = reads.entry(off).or_insert((marked, 0));
+        r.0 &= marked;
+        r.1 += 1;
+    }
+    let mut late: Vec<u64> = reads
+        .iter()
+        .filter(|&(&off, &(after, n))| off < HOT * READ && after && n >= 2)
+        .map(|(&off, _)| off)
+        .collect();
+    late.sort_unstable();
     let mut d = Daemon::spawn(&emu, work.path(), &section);
     d.wait_ready(&http, Duration::from_secs(30))
         .await
@@ -377,7 +413,7 @@ async fn a_filesystem_filled_by_others_under_load_keeps_the_disk_tier_working() 
         "tmpfs 40 MiB, cache.disk 24 MiB (preallocated), filled by another writer ({} MiB, then {}) under 6 readers: \
          {ok} reads exact ({} after the fill), {wrong} wrong, {failed} failed; {:.1} MiB inserted after the fill, \
          {faults} disk faults, /healthz {}; SIGTERM -> {status:?} in {took:?}; after restart {disk_hits} of the \
-         last {} blocks read from disk ({refetched} downloads)",
+         {} hot blocks first read after the fill read from disk ({refetched} downloads)",
         filled.0 >> 20,
         filled.1,
         ok - ok_at_full,
@@ -387,6 +423,11 @@ async fn a_filesystem_filled_by_others_under_load_keeps_the_disk_tier_working() 
     );
     assert_eq!((wrong, failed), (0, 0));
     assert!(ok - ok_at_full > 20, "too few reads after the fill");
+    assert!(
+        late.len() >= 5,
+        "only {} hot blocks first read after the fill",
+        late.len()
+    );
     assert!(inserted > 0.0, "nothing inserted after the fill");
     assert_eq!(faults, 0.0, "{log}");
     assert_eq!(health["status"], "ok", "{health}");
@@ -417,6 +458,7 @@ async fn cache_files_made_immutable_mid_run_degrade_to_memory_and_sigterm_exits_
         d.base.clone(),
         6,
         3,
+        0,
         stop.clone(),
         tally.clone(),
     );
@@ -495,6 +537,7 @@ async fn cache_files_made_immutable_mid_run_degrade_to_memory_and_sigterm_exits_
         d.base.clone(),
         6,
         3,
+        0,
         stop.clone(),
         tally.clone(),
     );

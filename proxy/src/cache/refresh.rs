@@ -105,6 +105,15 @@ pub enum Admission {
     Declined,
 }
 
+/// Why a block read from the cache is written to the log ([`DiskRefresh::on_read`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadWrite {
+    /// Declined at its fetch, read again from memory: admitted now.
+    Admitted,
+    /// On disk without a place in the order: written again to get one.
+    Rewritten,
+}
+
 impl Admission {
     pub fn to_disk(self) -> bool {
         self != Admission::Declined
@@ -307,6 +316,12 @@ impl DiskRefresh {
         }
         self.wrote(&mut order, key, hash, bytes, false);
         drop(order);
+        self.earn(bytes);
+        decision
+    }
+
+    /// An admission of `bytes` earns rewrites (up to the cap).
+    fn earn(&self, bytes: usize) {
         let add = i64::try_from(bytes)
             .unwrap_or(i64::MAX)
             .saturating_mul(REWRITE_RATIO);
@@ -316,7 +331,6 @@ impl DiskRefresh {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
                 Some(t.saturating_add(add).min(cap.max(t)))
             });
-        decision
     }
 
     /// `key` was written to the log: it takes the head of the order.
@@ -379,17 +393,38 @@ impl DiskRefresh {
         self.metrics.rewritten_bytes.inc_by(bytes as u64);
     }
 
-    /// A cached block was read: true if it is on disk without a place in the order (recovered after a crash,
-    /// its write dropped, or let go at the tail and read just before foyer evicts it) and must be written again
-    /// to get one. It is then placed at the head and accounted as rewritten.
-    pub fn should_rewrite(&self, key: &BlockKey, hash: u64, bytes: usize) -> bool {
+    /// A cached block was read: whether to write it to the log now, and why (the caller writes it, and it is
+    /// placed at the head). A block without a place in the order is either one declined at its fetch and read
+    /// again from memory (its print is in the ghost table): admitted at this second read, as at a second fetch;
+    /// or one on disk without a place (recovered after a crash, its write dropped, or let go at the tail and read
+    /// just before foyer evicts it), written again to get one when tokens allow.
+    pub fn on_read(&self, key: &BlockKey, hash: u64, bytes: usize) -> Option<ReadWrite> {
         let mut order = self.order.lock();
-        if order.places.get(&hash).is_some_and(|p| !p.dropped()) || !self.pay(bytes) {
-            return false;
+        if order.places.get(&hash).is_some_and(|p| !p.dropped()) {
+            return None;
+        }
+        let print = ghost_print(hash);
+        let ghost = self.ghost(hash);
+        let seen = !self.has_room()
+            && (ghost
+                .compare_exchange(print, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+                || ghost
+                    .compare_exchange(print | DEPARTED, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok());
+        if seen {
+            self.metrics.admitted_read_before.inc();
+            self.wrote(&mut order, key, hash, bytes, true);
+            drop(order);
+            self.earn(bytes);
+            return Some(ReadWrite::Admitted);
+        }
+        if !self.pay(bytes) {
+            return None;
         }
         self.wrote(&mut order, key, hash, bytes, true);
         self.rewritten(bytes);
-        true
+        Some(ReadWrite::Rewritten)
     }
 
     /// Blocks near the tail to write again, at most `max`, oldest first (paid for: call
@@ -653,6 +688,24 @@ mod tests {
     }
 
     #[test]
+    fn a_declined_block_read_again_from_memory_is_admitted_then() {
+        let r = refresh(256);
+        r.set_room(false);
+        assert_eq!(admit(&r, 1), Admission::Declined);
+        // A block never declined is not written at a read without rewrite tokens to pay (none earned yet).
+        assert!(r.on_read(&key(2), h(2), BLOCK).is_none());
+        // Still in the memory tier, read again: admitted now, without spending rewrite tokens (there are none).
+        assert_eq!(r.on_read(&key(1), h(1), BLOCK), Some(ReadWrite::Admitted));
+        assert!(r.on_read(&key(1), h(1), BLOCK).is_none(), "placed now");
+        assert_eq!(r.metrics.admitted_read_before.get(), 1);
+        assert_eq!(r.metrics.rewritten_blocks.get(), 0);
+        // While the log has room, every fetch is written: a read is no admission.
+        r.set_room(true);
+        assert_eq!(admit(&r, 3), Admission::FreeSpace);
+        assert!(r.on_read(&key(3), h(3), BLOCK).is_none());
+    }
+
+    #[test]
     fn a_block_given_a_second_chance_needs_another_read_for_the_next() {
         let r = refresh(256);
         admit(&r, 7);
@@ -679,15 +732,15 @@ mod tests {
         // As after a crash: blocks recovered from disk were never seen by this process.
         let r = refresh(256);
         admit(&r, 100);
-        assert!(r.should_rewrite(&key(7), h(7), BLOCK));
-        assert!(!r.should_rewrite(&key(7), h(7), BLOCK), "placed now");
+        assert_eq!(r.on_read(&key(7), h(7), BLOCK), Some(ReadWrite::Rewritten));
+        assert!(r.on_read(&key(7), h(7), BLOCK).is_none(), "placed now");
         assert!(
-            !r.should_rewrite(&key(100), h(100), BLOCK),
+            r.on_read(&key(100), h(100), BLOCK).is_none(),
             "placed at its admission"
         );
         // A dropped write loses its place.
         r.forget(h(100));
-        assert!(r.should_rewrite(&key(100), h(100), BLOCK));
+        assert!(r.on_read(&key(100), h(100), BLOCK).is_some());
         assert_eq!(r.metrics.rewritten_blocks.get(), 2);
     }
 
@@ -696,7 +749,7 @@ mod tests {
         // 32 blocks: the burst is two (the two regions of the margin).
         let r = refresh(32);
         assert!(
-            !r.should_rewrite(&key(7), h(7), BLOCK),
+            r.on_read(&key(7), h(7), BLOCK).is_none(),
             "nothing admitted: nothing to spend"
         );
         // Earned tokens are capped at the burst, however much was admitted.
@@ -704,13 +757,13 @@ mod tests {
             admit(&r, i);
         }
         let rewritten = (0..10u64)
-            .filter(|&i| r.should_rewrite(&key(i), h(i), BLOCK))
+            .filter(|&i| r.on_read(&key(i), h(i), BLOCK).is_some())
             .count();
         assert_eq!(rewritten, 2);
         // A 32nd of a block admitted earns one block of rewrites.
         r.admit(&key(5000), h(5000), BLOCK / REWRITE_RATIO as usize);
         let rewritten = (10..20u64)
-            .filter(|&i| r.should_rewrite(&key(i), h(i), BLOCK))
+            .filter(|&i| r.on_read(&key(i), h(i), BLOCK).is_some())
             .count();
         assert_eq!(rewritten, 1);
     }
@@ -736,7 +789,7 @@ mod tests {
             .expect("load");
         assert_eq!(kept, 8, "block 6 was not recovered");
         assert!(
-            !after.should_rewrite(&key(3), h(3), BLOCK),
+            after.on_read(&key(3), h(3), BLOCK).is_none(),
             "block 3 has its place"
         );
         assert!(!dir.path().join(ORDER_FILE).exists(), "deleted once loaded");
@@ -830,7 +883,7 @@ mod tests {
     fn read(r: &DiskRefresh, log: &mut Log, i: u64) -> bool {
         if log.live.contains_key(&i) {
             r.note_read(h(i));
-            if r.should_rewrite(&key(i), h(i), BLOCK) {
+            if r.on_read(&key(i), h(i), BLOCK).is_some() {
                 log.write(i);
             }
             return false;
