@@ -5,9 +5,10 @@
 //! and evicts with S3-FIFO (scan-resistant: a block read once leaves through the small queue, so a stream of
 //! cold reads cannot push out the plot headers and tables that every lookup reads again); the disk tier (foyer's
 //! block engine on a directory) is written on insertion, so a crash loses at most the last moments of fetches,
-//! and survives restarts. Its regions are evicted in FIFO order; a block read when its disk copy is a quarter of
-//! the disk old is written again (`refresh`), so headers and indexes read at every open stay on disk through
-//! scans and crashes.
+//! and survives restarts. Its regions are evicted in FIFO order ([`picker`], kept across restarts); [`refresh`]
+//! decides what is written once the log is full (blocks read again) and gives blocks read since their write a
+//! second chance at the log's tail, so headers and indexes read at every lookup stay on disk through scans,
+//! wraps of the log and restarts.
 //! foyer checksums every disk entry; on top of that a block read back must have exactly the expected length, or
 //! it is dropped and fetched again.
 //!
@@ -269,6 +270,7 @@ impl FoyerCache {
         // foyer's own metrics (op counts, latencies, disk I/O) land in the proxy's registry, under `foyer_*`.
         let registry = FoyerRegistry::new(metrics.registry.clone());
         let memory = memory_tier_bytes(settings, &queue);
+        warn_if_memory_too_small(settings, &queue);
         if settings.disk_bytes == 0 {
             return Ok(Self {
                 inner: builder(settings, &registry, memory)
@@ -419,6 +421,14 @@ type FoyerRegistry = mixtrics::registry::prometheus::PrometheusMetricsRegistry;
 /// half of it, in a fast warm-up), and the refresh and hot-set tables come out of it first. Never below half of
 /// `cache.memory` (tiny budgets: those fixed costs are then over it, and README says so).
 pub fn memory_tier_bytes(settings: &CacheSettings, queue: &WriteQueue) -> usize {
+    settings
+        .memory_bytes
+        .saturating_sub(fixed_bytes(settings, queue))
+        .max(settings.memory_bytes / 2)
+}
+
+/// What the cache takes from `cache.memory` before the memory tier: the disk tier's buffers and the tables.
+fn fixed_bytes(settings: &CacheSettings, queue: &WriteQueue) -> usize {
     let hot = hotset::table_bytes(
         settings.memory_bytes as u64,
         settings.disk_bytes as u64,
@@ -431,10 +441,26 @@ pub fn memory_tier_bytes(settings: &CacheSettings, queue: &WriteQueue) -> usize 
             + queue.queue_threshold / 2
             + refresh::table_bytes(settings.disk_bytes, settings.block_size)
     };
-    settings
-        .memory_bytes
-        .saturating_sub(hot + disk)
-        .max(settings.memory_bytes / 2)
+    hot + disk
+}
+
+/// Says so at start when `cache.memory` cannot hold what the cache needs beside the memory tier: the memory
+/// tier keeps half of it anyway, so the proxy's RSS then goes over the budget.
+fn warn_if_memory_too_small(settings: &CacheSettings, queue: &WriteQueue) {
+    let fixed = fixed_bytes(settings, queue);
+    if fixed > settings.memory_bytes / 2 {
+        const MIB: usize = 1 << 20;
+        tracing::warn!(
+            memory_mib = settings.memory_bytes / MIB,
+            disk_mib = settings.disk_bytes / MIB,
+            tables_and_buffers_mib = fixed / MIB,
+            "cache.memory is small for this cache.disk: the disk tier's buffers and bookkeeping take {} MiB of \
+             it, more than half, and the memory tier keeps half anyway, so RSS will exceed cache.memory; set \
+             cache.memory to at least {} MiB (README \"Sizing the cache\")",
+            fixed / MIB,
+            (2 * fixed).div_ceil(MIB)
+        );
+    }
 }
 
 fn builder(settings: &CacheSettings, registry: &FoyerRegistry, memory: usize) -> Builder {
@@ -963,10 +989,13 @@ mod tests {
         let tiny = CacheSettings {
             memory_bytes: 8 * MIB,
             disk_bytes: 64 * MIB,
-            ..defaults
+            ..defaults.clone()
         };
         let q = WriteQueue::for_memory(tiny.memory_bytes);
         assert_eq!(memory_tier_bytes(&tiny, &q), 4 * MIB, "never below half");
+        // ...which is what the start-up warning is about; the defaults do not warn.
+        assert!(fixed_bytes(&tiny, &q) > tiny.memory_bytes / 2);
+        assert!(fixed_bytes(&defaults, &queue) < defaults.memory_bytes / 2);
     }
 
     fn small_disk(dir: &std::path::Path) -> CacheSettings {

@@ -44,10 +44,10 @@ const WAYS: usize = 4;
 /// A hot set this large against the tier is reported as not fitting: the refresh needs room beside it for the
 /// blocks read once.
 const FIT_SHARE: f64 = 0.9;
-/// The disk tier advised for a hot set: the log holds the hot blocks and, beside them, everything read once
-/// between two reads of a hot block, and [`super::refresh`] spends on rewrites at most half the bytes of new
-/// fetches; under a farm's steady stream of one-off reads that keeps a hot set of about a third of the disk.
-const ADVICE_FACTOR: u64 = 3;
+/// The disk tier advised for a hot set, in quarters of it: [`super::refresh`] writes blocks read once only while
+/// the log has free space and keeps hot blocks through its turns, so the log holds a hot set of up to ~90% of
+/// its usable space (foyer's 3 reserved regions out, a 64 KiB block taking 68 KiB): 5/4 of the estimate.
+const ADVICE_QUARTERS: u64 = 5;
 /// Checks without a refetch (and with the estimate under the tier) before a tier found too small is said to fit
 /// again: a few refetches a minute must not flip the verdict, and the log, at every check.
 const CLEAR_AFTER: u32 = 30;
@@ -64,8 +64,8 @@ pub struct HotSetReport {
     pub refetched_bytes: u64,
     /// The tier is too small: the estimate is over 90% of it, or hot blocks were refetched in the last check.
     pub too_small: bool,
-    /// The `cache.disk` that would hold the hot set with room for the rest (three times the estimate, rounded
-    /// up to a GiB; see [`ADVICE_FACTOR`]), when `too_small`.
+    /// The `cache.disk` that would hold the hot set with room for the rest (1.25 times the estimate, rounded up
+    /// to a GiB, and at least a GiB more than the tier; see [`ADVICE_QUARTERS`]), when `too_small`.
     pub advice_disk_bytes: Option<u64>,
 }
 
@@ -387,8 +387,8 @@ impl HotSet {
             refetched_bytes: refetched,
             too_small,
             advice_disk_bytes: too_small.then(|| {
-                let want = estimated
-                    .saturating_mul(ADVICE_FACTOR)
+                let want = (estimated / 4)
+                    .saturating_mul(ADVICE_QUARTERS)
                     .max(self.tier_bytes.saturating_add(GIB));
                 want.div_ceil(GIB).saturating_mul(GIB)
             }),
@@ -569,7 +569,7 @@ mod tests {
         assert!(est > 100 << 20, "{est}");
         let advice = r.advice_disk_bytes.expect("advice");
         assert!(
-            advice >= 3 * est && advice.is_multiple_of(1 << 30),
+            advice >= est / 4 * 5 && advice.is_multiple_of(1 << 30),
             "{advice}"
         );
         assert_eq!(hot.estimate_gauge.get() as u64, est);

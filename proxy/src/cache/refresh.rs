@@ -6,11 +6,12 @@
 //!
 //! **Admission.** While the log has never-used regions, every fetched block is written: filling free space
 //! evicts nothing. Once it is full, a block fetched for the first time goes to the memory tier only, and is
-//! written to disk at its second fetch (its first left a fingerprint in the `ghost` table), or at once if it was
-//! on disk before (its fingerprint is in the slot table: it was lost, not new). So the random body reads of
-//! lookups and a `cp` of a plot, read once, no longer push the log on, and the log advances only by what is read
-//! again. The cost is one more fetch for a block first read after the log filled up and evicted from memory before
-//! its second read (`b2proxy_cache_disk_admissions_total{decision}` counts the decisions).
+//! written to disk at its second read (its fetch left a fingerprint in the `ghost` table): a hit in the memory
+//! tier, or a second fetch; or at once if it was on disk before (it has a place in the order, or its print is
+//! marked as let go after a read: it was lost, not new). So the random body reads of lookups and a `cp` of a
+//! plot, read once, no longer push the log on, and the log advances only by what is read again. The cost is one
+//! more fetch for a block first read after the log filled up and evicted from memory before its second read
+//! (`b2proxy_cache_disk_admissions_total{decision}` counts the decisions).
 //!
 //! **The tail.** This module keeps its own copy of the log's order: every block written, in order, with the
 //! disk bytes written before it. A block read (from either tier) since it was written is marked. When the log is

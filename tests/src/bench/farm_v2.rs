@@ -213,6 +213,9 @@ pub fn plot_name(i: usize) -> String {
 
 pub const PREFIX: &str = "farm-v2/plot-";
 
+/// The loop during which plots are copied from the mount (`--v2-scan`).
+pub const SCAN: &str = "loop during a cp of plots";
+
 /// The phase that queues every plot's full lookup at once (with `--proxies`).
 pub const CAPACITY: &str = "capacity (every plot at once)";
 
@@ -565,6 +568,10 @@ pub struct V2Phase {
     pub disk_tier_used_bytes: Option<f64>,
     pub dropped_disk_writes: Option<f64>,
     pub disk_rewritten_blocks: Option<f64>,
+    /// Disk admissions (`b2proxy_cache_disk_admissions_total`): blocks first fetched after the log filled, kept
+    /// in memory only, and blocks written because they were read before.
+    pub disk_declined_blocks: Option<f64>,
+    pub disk_admitted_read_before: Option<f64>,
     /// The proxy's hot-set estimate (`b2proxy_cache_hot_set_bytes`, summed over proxies) and its estimate of
     /// re-read blocks fetched again (`b2proxy_cache_hot_refetched_bytes_total`, since start).
     pub hot_set_estimate_bytes: Option<f64>,
@@ -775,6 +782,16 @@ async fn measured(
             .or_else(|| metric_sum(&m, "foyer_memory_usage", None));
         p.dropped_disk_writes = dropped_writes(&m);
         p.disk_rewritten_blocks = metric_sum(&m, "b2proxy_cache_disk_rewritten_blocks_total", None);
+        p.disk_declined_blocks = metric_sum(
+            &m,
+            "b2proxy_cache_disk_admissions_total",
+            Some("decision=\"declined\""),
+        );
+        p.disk_admitted_read_before = metric_sum(
+            &m,
+            "b2proxy_cache_disk_admissions_total",
+            Some("decision=\"read_before\""),
+        );
         p.hot_set_estimate_bytes = metric_sum(&m, "b2proxy_cache_hot_set_bytes", None);
         p.hot_refetched_bytes = metric_sum(&m, "b2proxy_cache_hot_refetched_bytes_total", None);
     }
@@ -843,6 +860,8 @@ pub struct V2Plan {
     pub after_restart: Duration,
     pub memory: ByteSize,
     pub disk: Option<ByteSize>,
+    /// Bytes of plots copied from the mount during a loop of its own (0: no such phase).
+    pub scan: u64,
     /// Proxies behind HAProxy (`--proxies`); `None`: one proxy, no HAProxy.
     pub proxies: Option<usize>,
 }
@@ -1127,6 +1146,43 @@ async fn phases(
         rep.phases.push(p);
     }
 
+    // A scan: plots copied from the mount while the harvester farms.
+    if plan.scan > 0 && !stack.behind_haproxy() {
+        let sps = farm.schedule(plan.interval, plan.after_restart, ids(1 << 20));
+        let dir = mounts[0].path().to_path_buf();
+        let names: Vec<String> = (0..farm.plots).rev().map(plot_name).collect();
+        let bytes = plan.scan;
+        progress(format!(
+            "farm-v2: signage-point loop during a cp of {:.2} GiB of plots, {} lookups",
+            bytes as f64 / (1u64 << 30) as f64,
+            sps.iter().map(|s| s.plots.len()).sum::<usize>()
+        ));
+        let copied = std::sync::Mutex::new(None);
+        let p = measured(SCAN, &emu, Some(&*stack), &pids(mounts), async {
+            let t = Instant::now();
+            let copy = tokio::task::spawn_blocking(move || copy_plots(&dir, &names, bytes));
+            let (run, c) = tokio::join!(run_phase(farm, &infos, &sps, &mode), copy);
+            if let Ok(mut g) = copied.lock() {
+                *g = Some((c, t.elapsed()));
+            }
+            run
+        })
+        .await;
+        match copied.into_inner().ok().flatten() {
+            Some((Ok(Ok((n, files))), took)) => rep.notes.push(format!(
+                "{SCAN}: {:.2} GiB of {files} plot(s) copied from the mount in {:.1} s ({:.0} MiB/s), \
+                 the loop's lookups beside it; its upstream requests and bytes are in the phase's",
+                n as f64 / (1u64 << 30) as f64,
+                took.as_secs_f64(),
+                n as f64 / (1u64 << 20) as f64 / took.as_secs_f64().max(1e-9)
+            )),
+            Some((Ok(Err(e)), _)) => anyhow::bail!("copying plots from the mount: {e}"),
+            Some((Err(e), _)) => anyhow::bail!("the copy task: {e}"),
+            None => anyhow::bail!("the copy did not report"),
+        }
+        rep.phases.push(p);
+    }
+
     // Capacity: every plot looked up at once, so each harvester's threads run lookups back to back.
     if plan.proxies.is_some() {
         progress(format!(
@@ -1237,6 +1293,31 @@ async fn phases(
     .await;
     rep.phases.push(p);
     Ok(())
+}
+
+/// `cp` of `names` (in order, under `dir`) to nowhere until `bytes` are read: bytes read and files opened.
+fn copy_plots(dir: &Path, names: &[String], bytes: u64) -> std::io::Result<(u64, usize)> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut done, mut files) = (0u64, 0usize);
+    for name in names {
+        if done >= bytes {
+            break;
+        }
+        let mut f = std::fs::File::open(dir.join(name))?;
+        files += 1;
+        while done < bytes {
+            let want = buf
+                .len()
+                .min(usize::try_from(bytes - done).unwrap_or(usize::MAX));
+            let n = f.read(&mut buf[..want])?;
+            if n == 0 {
+                break;
+            }
+            done += n as u64;
+        }
+    }
+    Ok((done, files))
 }
 
 fn start_row(name: &str, p: &V2Phase) -> V2Start {
@@ -1377,17 +1458,17 @@ pub fn markdown(r: &FarmV2Report, o: &mut String) {
     if !r.phases.is_empty() {
         let _ = writeln!(
             o,
-            "\n| scenario | phase | time | SPs | lookups | failed | lookup p50 / p99 / max | SP response p50 / p99 / max | > 8 s | header read p50 / p99 | index read p50 / p99 | upstream req / lookup | 429s | upstream KiB / lookup | index GETs | peak upstream | peak req/s | proxy RSS | shim RSS | memory tier | disk tier | dropped disk writes | hot-set estimate | hot refetched |"
+            "\n| scenario | phase | time | SPs | lookups | failed | lookup p50 / p99 / max | SP response p50 / p99 / max | > 8 s | header read p50 / p99 | index read p50 / p99 | upstream req / lookup | 429s | upstream KiB / lookup | index GETs | peak upstream | peak req/s | proxy RSS | shim RSS | memory tier | disk tier | dropped disk writes | disk declined / read-before / rewritten | hot-set estimate | hot refetched |"
         );
         let _ = writeln!(
             o,
-            "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for p in r.phases.iter().chain(r.baseline.iter()) {
             let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or("-".into());
             let _ = writeln!(
                 o,
-                "| farm-v2 | {} | {:.1} s | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                "| farm-v2 | {} | {:.1} s | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.name,
                 p.wall_s,
                 p.signage_points,
@@ -1417,6 +1498,14 @@ pub fn markdown(r: &FarmV2Report, o: &mut String) {
                 opt(p.memory_tier_bytes, &|b| mib(b as u64)),
                 opt(p.disk_tier_used_bytes, &gib),
                 opt(p.dropped_disk_writes, &|v| format!("{v:.0}")),
+                match (
+                    p.disk_declined_blocks,
+                    p.disk_admitted_read_before,
+                    p.disk_rewritten_blocks,
+                ) {
+                    (Some(d), Some(a), Some(w)) => format!("{d:.0} / {a:.0} / {w:.0}"),
+                    _ => "-".into(),
+                },
                 opt(p.hot_set_estimate_bytes, &gib),
                 opt(p.hot_refetched_bytes, &gib),
             );
@@ -1577,7 +1666,7 @@ pub fn targets(r: &FarmV2Report) -> Vec<Target> {
         .filter(|p| {
             matches!(
                 p.name.as_str(),
-                "signage-point loop" | "harvester restart" | "after proxy restart"
+                "signage-point loop" | SCAN | "harvester restart" | "after proxy restart"
             )
         })
         .collect();

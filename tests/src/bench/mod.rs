@@ -238,6 +238,12 @@ pub struct Opts {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub restart_duration: Option<Duration>,
 
+    /// farm-v2: after the signage-point loop, a loop of --restart-duration during which a farmer copies this
+    /// many bytes of plots from the first mount to nowhere (`cp` of whole plots, the last one cut short): a
+    /// scan the disk tier must not lose its hot set to (default 0, none; 96MiB with --smoke).
+    #[arg(long, value_name = "SIZE")]
+    pub v2_scan: Option<ByteSize>,
+
     /// Proxy `fetch.hedge_quantile` for every scenario (default: the proxy's own default).
     #[arg(long, value_name = "Q")]
     pub hedge_quantile: Option<f64>,
@@ -812,6 +818,9 @@ async fn scenario_farm_v2(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> 
         ),
         memory: o.pick(o.v2_cache_memory, ByteSize::gib(1), ByteSize::mib(256)),
         disk: o.v2_cache_disk,
+        scan: o
+            .pick(o.v2_scan, ByteSize::b(0), ByteSize::mib(96))
+            .as_u64(),
         proxies: None,
     };
     if o.proxies.is_empty() {
