@@ -968,10 +968,10 @@ mod tests {
             on_disk_error: OnDiskError::Fail,
         };
         let queue = WriteQueue::for_memory(defaults.memory_bytes);
-        // The disk tier's order: 1,024,064 places of 48 bytes, an index of 2^21 buckets of 17 bytes, 4 MiB of
-        // ghost table (85 MiB for 50 GiB of disk).
+        // The disk tier's order: 1,024,064 places of 48 bytes, an index of 2^21 buckets of 17 bytes, 8 MiB of
+        // ghost table (89 MiB for 50 GiB of disk).
         let order = refresh::table_bytes(defaults.disk_bytes, BLOCK);
-        assert_eq!(order, 1_024_064 * 48 + (1 << 21) * 17 + 4 * MIB);
+        assert_eq!(order, 1_024_064 * 48 + (1 << 21) * 17 + 8 * MIB);
         // 2 x 32 MiB of flush buffers, half the 128 MiB queue, the order, 8 MiB of hot-set table.
         assert_eq!(
             memory_tier_bytes(&defaults, &queue),

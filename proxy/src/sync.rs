@@ -18,9 +18,11 @@ pub use imp::MutexGuard;
 
 pub mod atomic {
     #[cfg(feature = "shuttle")]
-    pub use shuttle::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU64, Ordering};
+    pub use shuttle::sync::atomic::{
+        AtomicBool, AtomicI64, AtomicU16, AtomicU32, AtomicU64, Ordering,
+    };
     #[cfg(not(feature = "shuttle"))]
-    pub use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU64, Ordering};
+    pub use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU32, AtomicU64, Ordering};
 }
 
 /// A mutex that never refuses its lock (see the module doc).

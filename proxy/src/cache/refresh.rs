@@ -6,9 +6,10 @@
 //!
 //! **Admission.** While the log has never-used regions, every fetched block is written: filling free space
 //! evicts nothing. Once it is full, a block fetched for the first time goes to the memory tier only, and is
-//! written to disk at its second read (its fetch left a fingerprint in the `ghost` table): a hit in the memory
-//! tier, or a second fetch; or at once if it was on disk before (it has a place in the order, or its print is
-//! marked as let go after a read: it was lost, not new). So the random body reads of lookups and a `cp` of a
+//! written to disk at its second read (its fetch left a fingerprint and a time in the `ghost` table): a hit in
+//! the memory tier at least [`READ_GAP_SECS`] later (sooner, it is a piece of the same read: a split FUSE
+//! request, read-ahead), or a second fetch; or at once if it was on disk before (it has a place in the order,
+//! or its print is marked as let go at the tail: it was lost, not new). So the random body reads of lookups and a `cp` of a
 //! plot, read once, no longer push the log on, and the log advances only by what is read again. The cost is one
 //! more fetch for a block first read after the log filled up and evicted from memory before its second read
 //! (`b2proxy_cache_disk_admissions_total{decision}` counts the decisions).
@@ -35,7 +36,7 @@
 //!
 //! Bounded: the order and its index hold at most [`order_capacity`] blocks (a quarter more than the disk holds,
 //! ~70 bytes each; past that the oldest are forgotten and handled as after a crash), the ghost table is fixed
-//! (two 2-byte slots per block the disk holds; a collision there makes one admission wrong, never serves a wrong
+//! (two 4-byte slots per block the disk holds; a collision there makes one admission wrong, never serves a wrong
 //! block).
 
 use std::collections::{HashMap, VecDeque};
@@ -43,7 +44,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use crate::sync::{Mutex, MutexGuard};
 
 use prometheus::IntCounter;
@@ -77,7 +78,7 @@ pub fn table_bytes(disk_bytes: usize, block_size: usize) -> usize {
     // The index: hashbrown's buckets for `cap` entries (at most 7/8 full, a power of two), 8-byte keys and values
     // and a control byte each.
     let buckets = (cap * 8 / 7).next_power_of_two();
-    ghost_slots(disk_bytes, block_size) * std::mem::size_of::<AtomicU16>()
+    ghost_slots(disk_bytes, block_size) * std::mem::size_of::<AtomicU32>()
         + cap * std::mem::size_of::<Written>()
         + buckets * (std::mem::size_of::<(u64, Place)>() + 1)
 }
@@ -87,11 +88,28 @@ fn disk_size(key: &BlockKey, bytes: usize) -> u64 {
     ((bytes + key.file.len() + 96) as u64).next_multiple_of(4096)
 }
 
-// The ghost table's marks: a fingerprint (15 bits) and why the block is remembered.
-const DEPARTED: u16 = 1 << 15;
+// The ghost table's marks: why the block is remembered (bit 31), a fingerprint (bits 16-30) and when it was
+// marked (seconds since start, modulo 2^16: 18 hours).
+const DEPARTED: u32 = 1 << 31;
+const PRINT: u32 = 0x7fff << 16;
 
-fn ghost_print(hash: u64) -> u16 {
-    ((hash >> 48) as u16 & !DEPARTED).max(1)
+fn ghost_print(hash: u64) -> u32 {
+    (((hash >> 48) as u32 & 0x7fff).max(1)) << 16
+}
+
+/// A block declined at its fetch is admitted at a read at least this long after it: the pieces of one read (a
+/// FUSE request split in two, the kernel's read-ahead right behind a read, the proxy's own read-ahead fetching
+/// what a `cp` reads next) are one read, not two. The hot-set estimate draws the same line.
+pub const READ_GAP_SECS: u16 = 2;
+
+/// What the ghost table holds for a block.
+enum Ghost {
+    /// Nothing (or another block's mark in its slot).
+    Unknown,
+    /// Declined less than [`READ_GAP_SECS`] ago.
+    JustDeclined,
+    /// Taken (the slot is cleared): `departed` if it left the disk, else declined long enough ago.
+    Taken { departed: bool },
 }
 
 /// What the disk tier does with a fetched block.
@@ -99,7 +117,7 @@ fn ghost_print(hash: u64) -> u16 {
 pub enum Admission {
     /// Written: the log still has free regions.
     FreeSpace,
-    /// Written: it left the disk after being read there (`second_fetch: false`), or was declined at an earlier
+    /// Written: it was on disk before (`second_fetch: false`), or was declined at an earlier
     /// fetch (`true`).
     ReadBefore { second_fetch: bool },
     /// Memory tier only: first seen since the log filled up.
@@ -220,8 +238,11 @@ impl Order {
 pub struct DiskRefresh {
     order: Mutex<Order>,
     order_cap: usize,
-    /// Per slot: the print of a block declined at its fetch, or that left the disk after being read there; 0.
-    ghost: Box<[AtomicU16]>,
+    /// Per slot: the print and time of a block declined at its fetch, or that left the disk; 0.
+    ghost: Box<[AtomicU32]>,
+    /// What the ghost table's times count from, and (tests) how far its clock was moved on.
+    started: std::time::Instant,
+    skew_secs: AtomicU64,
     ghost_mask: u64,
     /// The log has never-used regions (set from foyer's gauge by the upkeep task).
     room: AtomicBool,
@@ -257,7 +278,9 @@ impl DiskRefresh {
                 clock: 0,
             }),
             order_cap,
-            ghost: (0..ghost).map(|_| AtomicU16::new(0)).collect(),
+            ghost: (0..ghost).map(|_| AtomicU32::new(0)).collect(),
+            started: std::time::Instant::now(),
+            skew_secs: AtomicU64::new(0),
             ghost_mask: ghost as u64 - 1,
             room: AtomicBool::new(true),
             capacity,
@@ -270,9 +293,46 @@ impl DiskRefresh {
         }
     }
 
-    fn ghost(&self, hash: u64) -> &AtomicU16 {
+    fn ghost(&self, hash: u64) -> &AtomicU32 {
         // foyer's key hash is xxHash64: its low bits are as good as any.
         &self.ghost[(hash & self.ghost_mask) as usize]
+    }
+
+    /// Seconds since start, modulo 2^16, for the ghost table's marks.
+    fn secs(&self) -> u16 {
+        let s = self.started.elapsed().as_secs() + self.skew_secs.load(Ordering::Relaxed);
+        (s & 0xffff) as u16
+    }
+
+    /// Moves the ghost table's clock on (tests: a read that many seconds later).
+    #[cfg(test)]
+    fn advance(&self, secs: u64) {
+        self.skew_secs.fetch_add(secs, Ordering::Relaxed);
+    }
+
+    /// Marks `hash` in the ghost table: declined now, or (`departed`) gone from the disk.
+    fn mark(&self, hash: u64, departed: bool) {
+        let v = ghost_print(hash) | u32::from(self.secs()) | if departed { DEPARTED } else { 0 };
+        self.ghost(hash).store(v, Ordering::Relaxed);
+    }
+
+    /// Takes `hash`'s mark from the ghost table; one declined less than [`READ_GAP_SECS`] ago only if
+    /// `any_age` (a second fetch: the block was in memory and left it).
+    fn take_ghost(&self, hash: u64, any_age: bool) -> Ghost {
+        let slot = self.ghost(hash);
+        let v = slot.load(Ordering::Relaxed);
+        if v & PRINT != ghost_print(hash) {
+            return Ghost::Unknown;
+        }
+        let departed = v & DEPARTED != 0;
+        if !departed && !any_age && self.secs().wrapping_sub(v as u16) < READ_GAP_SECS {
+            return Ghost::JustDeclined;
+        }
+        match slot.compare_exchange(v, 0, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => Ghost::Taken { departed },
+            // Another thread took or replaced it meanwhile.
+            Err(_) => Ghost::Unknown,
+        }
     }
 
     /// Whether the log still has never-used regions (foyer's clean-region gauge, read by the upkeep task).
@@ -287,29 +347,27 @@ impl DiskRefresh {
     /// A block of `bytes` was fetched: whether it goes to the disk tier (see the module doc). An admitted block
     /// is placed at the head of the order; the caller writes it.
     pub fn admit(&self, key: &BlockKey, hash: u64, bytes: usize) -> Admission {
-        let print = ghost_print(hash);
-        let ghost = self.ghost(hash);
         let mut order = self.order.lock();
         let decision = if self.has_room() {
             Admission::FreeSpace
-        } else if order.places.contains_key(&hash)
-            || ghost
-                .compare_exchange(print | DEPARTED, 0, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            // Placed in the order, or let go at the tail after a read, and fetched again: lost, not new.
+        } else if order.places.contains_key(&hash) {
+            // Placed in the order and fetched again: lost, not new.
             Admission::ReadBefore {
                 second_fetch: false,
             }
-        } else if ghost
-            .compare_exchange(print, 0, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            Admission::ReadBefore { second_fetch: true }
         } else {
-            ghost.store(print, Ordering::Relaxed);
-            self.metrics.declined.inc();
-            return Admission::Declined;
+            match self.take_ghost(hash, true) {
+                // Let go at the tail, or gone from both tiers, and fetched again.
+                Ghost::Taken { departed: true } => Admission::ReadBefore {
+                    second_fetch: false,
+                },
+                Ghost::Taken { departed: false } => Admission::ReadBefore { second_fetch: true },
+                Ghost::Unknown | Ghost::JustDeclined => {
+                    self.mark(hash, false);
+                    self.metrics.declined.inc();
+                    return Admission::Declined;
+                }
+            }
         };
         match decision {
             Admission::FreeSpace => self.metrics.admitted_free_space.inc(),
@@ -404,21 +462,19 @@ impl DiskRefresh {
         if order.places.get(&hash).is_some_and(|p| !p.dropped()) {
             return None;
         }
-        let print = ghost_print(hash);
-        let ghost = self.ghost(hash);
-        let seen = !self.has_room()
-            && (ghost
-                .compare_exchange(print, 0, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-                || ghost
-                    .compare_exchange(print | DEPARTED, 0, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok());
-        if seen {
-            self.metrics.admitted_read_before.inc();
-            self.wrote(&mut order, key, hash, bytes, true);
-            drop(order);
-            self.earn(bytes);
-            return Some(ReadWrite::Admitted);
+        if !self.has_room() {
+            match self.take_ghost(hash, false) {
+                Ghost::Taken { .. } => {
+                    self.metrics.admitted_read_before.inc();
+                    self.wrote(&mut order, key, hash, bytes, true);
+                    drop(order);
+                    self.earn(bytes);
+                    return Some(ReadWrite::Admitted);
+                }
+                // In memory only, and this read is a piece of the one that fetched it.
+                Ghost::JustDeclined => return None,
+                Ghost::Unknown => {}
+            }
         }
         if !self.pay(bytes) {
             return None;
@@ -454,9 +510,13 @@ impl DiskRefresh {
                         out.push(w);
                     }
                 }
-                _ => {
+                live => {
                     if let Some(w) = order.entries.pop_front() {
                         order.remove(&w);
+                        if live.is_some() {
+                            // Unread this turn, but it was written: fetched again, it goes back at once.
+                            self.mark(w.hash, true);
+                        }
                     }
                 }
             }
@@ -481,8 +541,7 @@ impl DiskRefresh {
     pub fn not_rewritten(&self, w: &Written) {
         self.refund(w.bytes as usize);
         self.order.lock().remove(w);
-        self.ghost(w.hash)
-            .store(ghost_print(w.hash) | DEPARTED, Ordering::Relaxed);
+        self.mark(w.hash, true);
     }
 
     /// Writes the order's live entries to `dir/ORDER_FILE` (at a clean shutdown, after foyer flushed).
@@ -695,7 +754,11 @@ mod tests {
         assert_eq!(admit(&r, 1), Admission::Declined);
         // A block never declined is not written at a read without rewrite tokens to pay (none earned yet).
         assert!(r.on_read(&key(2), h(2), BLOCK).is_none());
-        // Still in the memory tier, read again: admitted now, without spending rewrite tokens (there are none).
+        // Read again at once (a piece of the same read, or read-ahead right behind it): not a second read.
+        assert!(r.on_read(&key(1), h(1), BLOCK).is_none());
+        // Still in the memory tier, read again seconds later: admitted now, without spending rewrite tokens
+        // (there are none).
+        r.advance(u64::from(READ_GAP_SECS));
         assert_eq!(r.on_read(&key(1), h(1), BLOCK), Some(ReadWrite::Admitted));
         assert!(r.on_read(&key(1), h(1), BLOCK).is_none(), "placed now");
         assert_eq!(r.metrics.admitted_read_before.get(), 1);
