@@ -176,15 +176,15 @@ impl Metrics {
                 &r,
                 "cache_disk_admissions_total",
                 "Fetched blocks by what the disk tier did with them: free_space (written: the log had free \
-                 regions), read_before (written: on disk before, or declined at an earlier fetch), declined \
-                 (memory tier only: first fetch since the log filled up)",
+                 regions), read_before (written: on disk before, or declined at an earlier fetch and read again at \
+                 least 2 s later), declined (memory tier only: first fetch since the log filled up)",
                 &["decision"],
             )?,
             cache_disk_rewritten_blocks: counter(
                 &r,
                 "cache_disk_rewritten_blocks_total",
-                "Blocks read when their disk copy was near the tail of the log (15/16 of the disk old), written \
-                 again so they stay on disk",
+                "Blocks read since they were written and come near the tail of the log, written again so they \
+                 stay on disk (and blocks found on disk without a place in the order, at their first read)",
             )?,
             cache_disk_rewritten_bytes: counter(
                 &r,
@@ -218,7 +218,7 @@ impl Metrics {
                 &r,
                 "cache_hot_set_bytes",
                 "Estimated hot set: bytes of blocks read again within cache.hot_set_window (sampled); the disk \
-                 tier (or the memory tier without one) should be about three times larger",
+                 tier (or the memory tier without one) should be 1.5 times larger",
             )?,
             cache_hot_refetched_bytes: counter(
                 &r,
