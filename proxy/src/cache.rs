@@ -700,9 +700,8 @@ impl BlockCache for FoyerCache {
                     }
                     if let Some(refresh) = &self.refresh
                         && self.disk_ok()
+                        && let Some(why) = refresh.on_read(&key, entry.hash(), value.len())
                     {
-                        refresh.note_read(entry.hash());
-                        if let Some(why) = refresh.on_read(&key, entry.hash(), value.len()) {
                             if entry.properties().age() == Age::Young {
                                 // Loaded from disk: foyer skips enqueueing such an entry, so insert it anew.
                                 self.inner.insert(key.clone(), Block(value.clone()));
@@ -719,7 +718,6 @@ impl BlockCache for FoyerCache {
                                 w.sent(key, entry.hash(), value.len(), kind);
                             }
                         }
-                    }
                     Some((value, tier))
                 }
                 Ok(Ok(None)) => None,
