@@ -994,6 +994,50 @@ mod tests {
         // ...which is what the start-up warning is about; the defaults do not warn.
         assert!(fixed_bytes(&tiny, &q) > tiny.memory_bytes / 2);
         assert!(fixed_bytes(&defaults, &queue) < defaults.memory_bytes / 2);
+        // And the warning is logged, naming the sizes and what to set; not for the defaults.
+        assert!(start_warnings(&defaults, &queue).is_empty());
+        let warned = start_warnings(&tiny, &q);
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        for part in [
+            "cache.memory is small",
+            "set cache.memory to at least",
+            "disk_mib=64",
+        ] {
+            assert!(warned[0].contains(part), "{part:?} not in {:?}", warned[0]);
+        }
+    }
+
+    /// The WARN lines [`warn_if_memory_too_small`] logs, each as its message and fields.
+    fn start_warnings(settings: &CacheSettings, queue: &WriteQueue) -> Vec<String> {
+        use tracing_subscriber::layer::SubscriberExt;
+
+        #[derive(Clone, Default)]
+        struct Lines(Arc<std::sync::Mutex<Vec<String>>>);
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                use std::fmt::Write as _;
+                let _ = write!(self.0, " {}={v:?}", f.name());
+            }
+        }
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Lines {
+            fn on_event(
+                &self,
+                e: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                if *e.metadata().level() == tracing::Level::WARN {
+                    let mut f = Fields(String::new());
+                    e.record(&mut f);
+                    self.0.lock().expect("lines").push(f.0);
+                }
+            }
+        }
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::registry().with(lines.clone());
+        tracing::subscriber::with_default(subscriber, || warn_if_memory_too_small(settings, queue));
+        let out = lines.0.lock().expect("lines").clone();
+        out
     }
 
     fn small_disk(dir: &std::path::Path) -> CacheSettings {

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub cache_inserted_bytes: IntCounter,
     pub cache_disk_admissions: IntCounterVec,
     pub cache_disk_rewritten_blocks: IntCounter,
+    pub cache_disk_lost_blocks: IntCounterVec,
     pub cache_disk_rewritten_bytes: IntCounter,
     pub cache_disk_dropped_writes: IntCounter,
     pub cache_disk_write_retries: IntCounter,
@@ -179,6 +180,16 @@ impl Metrics {
                  regions), read_before (written: on disk before, or declined at an earlier fetch and read again at \
                  least 2 s later), declined (memory tier only: first fetch since the log filled up)",
                 &["decision"],
+            )?,
+            cache_disk_lost_blocks: counter_vec(
+                &r,
+                "cache_disk_lost_blocks_total",
+                "Blocks the disk tier held and lost, by how: let_go (unread when the log's tail came, let go by \
+                 the second chance; counted when fetched again), evicted (foyer evicted them ahead of the proxy's \
+                 estimate of the tail: counted when their second chance found them gone, or when fetched again \
+                 while still placed), dropped (their last disk write was dropped and they left the memory tier \
+                 before it was repaired; counted when fetched again)",
+                &["how"],
             )?,
             cache_disk_rewritten_blocks: counter(
                 &r,
@@ -406,6 +417,9 @@ impl Metrics {
         }
         for decision in ["free_space", "read_before", "declined"] {
             self.cache_disk_admissions.with_label_values(&[decision]);
+        }
+        for how in ["let_go", "evicted", "dropped"] {
+            self.cache_disk_lost_blocks.with_label_values(&[how]);
         }
         for class in ["B", "C"] {
             self.b2_transactions.with_label_values(&[class]);

@@ -91,6 +91,30 @@ fn bench_all_smoke_prints_every_scenario() {
         "{}",
         json["skipped"]
     );
+    // farm-v2's loop during a `cp` of plots (96 MiB in the smoke size): it ran, its lookups were answered,
+    // and the copy's bytes came through the proxy.
+    let scan = json["farm_v2"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["phases"].as_array().into_iter().flatten())
+        .find(|p| p["name"] == b2fs_tests::bench::farm_v2::SCAN)
+        .unwrap_or_else(|| panic!("no farm-v2 phase {:?}", b2fs_tests::bench::farm_v2::SCAN));
+    assert!(scan["lookups"].as_u64().is_some_and(|n| n > 0), "{scan}");
+    assert_eq!(scan["failed"], 0, "{scan}");
+    assert!(
+        scan["upstream_bytes"]
+            .as_u64()
+            .is_some_and(|b| b >= 90 << 20),
+        "the cp's 96 MiB did not come from upstream: {scan}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "| farm-v2 | {} |",
+            b2fs_tests::bench::farm_v2::SCAN
+        )),
+        "no table row for the cp loop:\n{stdout}"
+    );
 }
 
 /// `farm-v2 --proxies 1,2` in its smoke size: every pass behind a real HAProxy on the shipped config, the

@@ -572,6 +572,9 @@ pub struct V2Phase {
     /// in memory only, and blocks written because they were read before.
     pub disk_declined_blocks: Option<f64>,
     pub disk_admitted_read_before: Option<f64>,
+    /// Blocks the disk tier held and lost (`b2proxy_cache_disk_lost_blocks_total`): let go at the tail,
+    /// evicted ahead of the proxy's estimate, dropped writes.
+    pub disk_lost_blocks: Option<[f64; 3]>,
     /// The proxy's hot-set estimate (`b2proxy_cache_hot_set_bytes`, summed over proxies) and its estimate of
     /// re-read blocks fetched again (`b2proxy_cache_hot_refetched_bytes_total`, since start).
     pub hot_set_estimate_bytes: Option<f64>,
@@ -792,6 +795,17 @@ async fn measured(
             "b2proxy_cache_disk_admissions_total",
             Some("decision=\"read_before\""),
         );
+        let lost = |how: &str| {
+            metric_sum(
+                &m,
+                "b2proxy_cache_disk_lost_blocks_total",
+                Some(&format!("how=\"{how}\"")),
+            )
+        };
+        p.disk_lost_blocks = match (lost("let_go"), lost("evicted"), lost("dropped")) {
+            (Some(a), Some(b), Some(c)) => Some([a, b, c]),
+            _ => None,
+        };
         p.hot_set_estimate_bytes = metric_sum(&m, "b2proxy_cache_hot_set_bytes", None);
         p.hot_refetched_bytes = metric_sum(&m, "b2proxy_cache_hot_refetched_bytes_total", None);
     }
@@ -1458,17 +1472,17 @@ pub fn markdown(r: &FarmV2Report, o: &mut String) {
     if !r.phases.is_empty() {
         let _ = writeln!(
             o,
-            "\n| scenario | phase | time | SPs | lookups | failed | lookup p50 / p99 / max | SP response p50 / p99 / max | > 8 s | header read p50 / p99 | index read p50 / p99 | upstream req / lookup | 429s | upstream KiB / lookup | index GETs | peak upstream | peak req/s | proxy RSS | shim RSS | memory tier | disk tier | dropped disk writes | disk declined / read-before / rewritten | hot-set estimate | hot refetched |"
+            "\n| scenario | phase | time | SPs | lookups | failed | lookup p50 / p99 / max | SP response p50 / p99 / max | > 8 s | header read p50 / p99 | index read p50 / p99 | upstream req / lookup | 429s | upstream KiB / lookup | index GETs | peak upstream | peak req/s | proxy RSS | shim RSS | memory tier | disk tier | dropped disk writes | disk declined / read-before / rewritten | disk lost: let go / evicted / dropped | hot-set estimate | hot refetched |"
         );
         let _ = writeln!(
             o,
-            "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for p in r.phases.iter().chain(r.baseline.iter()) {
             let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or("-".into());
             let _ = writeln!(
                 o,
-                "| farm-v2 | {} | {:.1} s | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| farm-v2 | {} | {:.1} s | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.name,
                 p.wall_s,
                 p.signage_points,
@@ -1506,6 +1520,9 @@ pub fn markdown(r: &FarmV2Report, o: &mut String) {
                     (Some(d), Some(a), Some(w)) => format!("{d:.0} / {a:.0} / {w:.0}"),
                     _ => "-".into(),
                 },
+                p.disk_lost_blocks
+                    .map(|[a, b, c]| format!("{a:.0} / {b:.0} / {c:.0}"))
+                    .unwrap_or_else(|| "-".into()),
                 opt(p.hot_set_estimate_bytes, &gib),
                 opt(p.hot_refetched_bytes, &gib),
             );

@@ -272,6 +272,73 @@ fn config_toml(c: &Config) -> String {
     )
 }
 
+/// The file in a run's directory that names the bench process it belongs to.
+const OWNER_FILE: &str = "owner.pid";
+
+/// A run's directory in the system temp dir (`b2fs-bench-*`: caches, configs, logs, mounts), removed when the
+/// run ends. A bench that was killed cannot remove its own, and a scale run's holds a preallocated disk tier
+/// of many GiB: so first the directories of bench processes that are gone are removed (their mounts detached
+/// first), with a line on stderr for each.
+fn run_dir() -> anyhow::Result<tempfile::TempDir> {
+    remove_stale_run_dirs(&std::env::temp_dir());
+    let dir = tempfile::Builder::new()
+        .prefix("b2fs-bench-")
+        .tempdir()
+        .context("temp dir")?;
+    std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
+        .context("writing the run directory's owner")?;
+    Ok(dir)
+}
+
+/// Removes `tmp/b2fs-bench-*` directories whose owner process no longer runs. Directories without an owner
+/// file (a run starting right now, or one from an older bench) are left alone.
+fn remove_stale_run_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("b2fs-bench-")
+        {
+            continue;
+        }
+        let Some(pid) = std::fs::read_to_string(path.join(OWNER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        // A killed run's shims may still have their mounts here: detach them, or removal would walk into a
+        // dead FUSE mount.
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            for mnt in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+                if Path::new(mnt).starts_with(&path) {
+                    let _ = Command::new("fusermount3")
+                        .args(["-u", "-z", mnt])
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => eprintln!(
+                "b2fs-bench: removed {} (left by bench process {pid}, which is gone)",
+                path.display()
+            ),
+            Err(e) => eprintln!(
+                "b2fs-bench: could not remove {} (left by bench process {pid}): {e}",
+                path.display()
+            ),
+        }
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -287,10 +354,7 @@ impl Stack {
         bins: &Binaries,
     ) -> anyhow::Result<Self> {
         let emu = builder.start().await.context("emulator start")?;
-        let dir = tempfile::Builder::new()
-            .prefix("b2fs-bench-")
-            .tempdir()
-            .context("temp dir")?;
+        let dir = run_dir()?;
         let http = http_client()?;
         let started = Instant::now();
         let (proxy, base) = match mode {
@@ -355,10 +419,7 @@ impl Stack {
         anyhow::ensure!(n >= 1, "at least one proxy");
         crate::haproxy::binary()?;
         let emu = builder.start().await.context("emulator start")?;
-        let dir = tempfile::Builder::new()
-            .prefix("b2fs-bench-")
-            .tempdir()
-            .context("temp dir")?;
+        let dir = run_dir()?;
         let http = http_client()?;
         let started = Instant::now();
         // The upstream rate limit off whatever the run's settings: this measures what the proxies carry.
@@ -710,6 +771,37 @@ mod tests {
         let s = "Name:\tx\nVmPeak:\t  100 kB\nVmRSS:\t    2048 kB\n";
         assert_eq!(rss_from_status(s), Some(2 << 20));
         assert_eq!(rss_from_status("Name: x\n"), None);
+    }
+
+    #[test]
+    fn run_dirs_of_gone_benches_are_removed_and_others_kept() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // A pid that ran and is gone.
+        let mut child = Command::new("true").spawn().expect("spawn true");
+        let gone = child.id();
+        child.wait().expect("wait");
+        let make = |name: &str, owner: Option<u32>| {
+            let d = tmp.path().join(name);
+            std::fs::create_dir_all(d.join("cache")).expect("mkdir");
+            std::fs::write(d.join("cache/disk"), b"x").expect("write");
+            if let Some(pid) = owner {
+                std::fs::write(d.join(OWNER_FILE), pid.to_string()).expect("write");
+            }
+            d
+        };
+        let stale = make("b2fs-bench-stale", Some(gone));
+        let live = make("b2fs-bench-live", Some(std::process::id()));
+        let unowned = make("b2fs-bench-unowned", None);
+        let other = make("not-a-bench", Some(gone));
+        remove_stale_run_dirs(tmp.path());
+        assert!(!stale.exists(), "the gone bench's directory is removed");
+        for kept in [live, unowned, other] {
+            assert!(
+                kept.join("cache/disk").exists(),
+                "{} is kept",
+                kept.display()
+            );
+        }
     }
 
     #[test]
