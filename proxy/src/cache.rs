@@ -1036,8 +1036,7 @@ mod tests {
         let lines = Lines::default();
         let subscriber = tracing_subscriber::registry().with(lines.clone());
         tracing::subscriber::with_default(subscriber, || warn_if_memory_too_small(settings, queue));
-        let out = lines.0.lock().expect("lines").clone();
-        out
+        lines.0.lock().expect("lines").clone()
     }
 
     fn small_disk(dir: &std::path::Path) -> CacheSettings {
