@@ -94,13 +94,15 @@ fn disk_size(key: &BlockKey, bytes: usize) -> u64 {
     ((bytes + key.file.len() + 96) as u64).next_multiple_of(4096)
 }
 
-// The ghost table's marks: why the block is remembered (bit 31), a fingerprint (bits 16-30) and when it was
+// The ghost table's marks: why the block is remembered (bits 30-31), a fingerprint (bits 16-29) and when it was
 // marked (seconds since start, modulo 2^16: 18 hours).
 const DEPARTED: u32 = 1 << 31;
-const PRINT: u32 = 0x7fff << 16;
+/// With `DEPARTED`: it left because foyer evicted it before its second chance came (not let go).
+const EVICTED: u32 = 1 << 30;
+const PRINT: u32 = 0x3fff << 16;
 
 fn ghost_print(hash: u64) -> u32 {
-    (((hash >> 48) as u32 & 0x7fff).max(1)) << 16
+    (((hash >> 48) as u32 & 0x3fff).max(1)) << 16
 }
 
 /// A block declined at its fetch is admitted at a read at least this long after it: the pieces of one read (a
@@ -114,8 +116,17 @@ enum Ghost {
     Unknown,
     /// Declined less than [`READ_GAP_SECS`] ago.
     JustDeclined,
-    /// Taken (the slot is cleared): `departed` if it left the disk, else declined long enough ago.
-    Taken { departed: bool },
+    /// Taken (the slot is cleared): `departed` if it left the disk (and how), else declined long enough ago.
+    Taken { departed: Option<Departure> },
+}
+
+/// How a block left the disk tier, as its ghost mark remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Departure {
+    /// Unread when the tail came: let go by the second chance.
+    LetGo,
+    /// Gone from both tiers when its second chance came: foyer evicted it first.
+    Evicted,
 }
 
 /// What the disk tier does with a fetched block.
@@ -313,7 +324,7 @@ impl DiskRefresh {
     /// thousand blocks has such pairs); with two, both keep theirs unless four blocks meet.
     fn ghost_slots(&self, hash: u64) -> [&AtomicU32; 2] {
         // foyer's key hash is xxHash64: its low bits are as good as any, and bits 20-43 are independent of
-        // them (and of the print's bits 48-62).
+        // them (and of the print's bits 48-61).
         [
             &self.ghost[(hash & self.ghost_mask) as usize],
             &self.ghost[((hash >> 20) & self.ghost_mask) as usize],
@@ -343,9 +354,15 @@ impl DiskRefresh {
 
     /// Marks `hash` in the ghost table: declined now, or (`departed`) gone from the disk. It takes the slot
     /// that already has its print, else an empty one, else the one marked longer ago.
-    fn mark(&self, hash: u64, departed: bool) {
+    fn mark(&self, hash: u64, departed: Option<Departure>) {
         let now = self.secs();
-        let v = ghost_print(hash) | u32::from(now) | if departed { DEPARTED } else { 0 };
+        let v = ghost_print(hash)
+            | u32::from(now)
+            | match departed {
+                None => 0,
+                Some(Departure::LetGo) => DEPARTED,
+                Some(Departure::Evicted) => DEPARTED | EVICTED,
+            };
         let slot = match self.ghost_find(hash) {
             Some((slot, _)) => slot,
             None => {
@@ -366,8 +383,12 @@ impl DiskRefresh {
         let Some((slot, v)) = self.ghost_find(hash) else {
             return Ghost::Unknown;
         };
-        let departed = v & DEPARTED != 0;
-        if !departed && !any_age && self.secs().wrapping_sub(v as u16) < READ_GAP_SECS {
+        let departed = (v & DEPARTED != 0).then_some(if v & EVICTED != 0 {
+            Departure::Evicted
+        } else {
+            Departure::LetGo
+        });
+        if departed.is_none() && !any_age && self.secs().wrapping_sub(v as u16) < READ_GAP_SECS {
             return Ghost::JustDeclined;
         }
         match slot.compare_exchange(v, 0, Ordering::Relaxed, Ordering::Relaxed) {
@@ -405,15 +426,20 @@ impl DiskRefresh {
         } else {
             match self.take_ghost(hash, true) {
                 // Let go at the tail, or gone from both tiers, and fetched again.
-                Ghost::Taken { departed: true } => {
-                    self.metrics.lost_let_go.inc();
+                Ghost::Taken {
+                    departed: Some(how),
+                } => {
+                    match how {
+                        Departure::LetGo => self.metrics.lost_let_go.inc(),
+                        Departure::Evicted => self.metrics.lost_evicted.inc(),
+                    }
                     Admission::ReadBefore {
                         second_fetch: false,
                     }
                 }
-                Ghost::Taken { departed: false } => Admission::ReadBefore { second_fetch: true },
+                Ghost::Taken { departed: None } => Admission::ReadBefore { second_fetch: true },
                 Ghost::Unknown | Ghost::JustDeclined => {
-                    self.mark(hash, false);
+                    self.mark(hash, None);
                     self.metrics.declined.inc();
                     return Admission::Declined;
                 }
@@ -573,7 +599,7 @@ impl DiskRefresh {
                         order.remove(&w);
                         if live.is_some() {
                             // Unread this turn, but it was written: fetched again, it goes back at once.
-                            self.mark(w.hash, true);
+                            self.mark(w.hash, Some(Departure::LetGo));
                         }
                     }
                 }
@@ -595,12 +621,12 @@ impl DiskRefresh {
     }
 
     /// A block `due` gave could not be written again (gone from both tiers: foyer evicted it before its second
-    /// chance came, counted as `evicted`): its tokens come back, and its next fetch writes it to disk at once.
+    /// chance came): its tokens come back, and its next fetch writes it to disk at once (and counts it
+    /// `evicted`).
     pub fn not_rewritten(&self, w: &Written) {
-        self.metrics.lost_evicted.inc();
         self.refund(w.bytes as usize);
         self.order.lock().remove(w);
-        self.mark(w.hash, true);
+        self.mark(w.hash, Some(Departure::Evicted));
     }
 
     /// Writes the order's live entries to `dir/ORDER_FILE` (at a clean shutdown, after foyer flushed).
@@ -797,13 +823,37 @@ mod tests {
             "nothing is due while the log has room"
         );
         r.set_room(false);
-        let due: Vec<u64> = r.due(16).iter().map(|w| w.key.index).collect();
+        let given = r.due(16);
+        let due: Vec<u64> = given.iter().map(|w| w.key.index).collect();
         assert_eq!(
             due,
             vec![1, 3],
             "the read ones, oldest first; 0 and 2 let go"
         );
         assert!(r.due(16).is_empty(), "given once");
+
+        // Each loss is counted at its refetch, by how it happened.
+        let lost = |r: &DiskRefresh| {
+            let m = &r.metrics;
+            [
+                m.lost_let_go.get(),
+                m.lost_evicted.get(),
+                m.lost_dropped.get(),
+            ]
+        };
+        assert!(admit(&r, 0).to_disk(), "let go, back at once");
+        assert_eq!(lost(&r), [1, 0, 0]);
+        // Block 1's second chance found it gone from both tiers: foyer evicted it first.
+        r.not_rewritten(&given[0]);
+        assert!(admit(&r, 1).to_disk());
+        assert_eq!(lost(&r), [1, 1, 0]);
+        // Still placed, yet fetched: foyer no longer had it.
+        assert!(admit(&r, 349).to_disk());
+        assert_eq!(lost(&r), [1, 2, 0]);
+        // Its last write dropped, and it left memory before the repair.
+        r.forget(h(348));
+        assert!(admit(&r, 348).to_disk());
+        assert_eq!(lost(&r), [1, 2, 1]);
     }
 
     #[test]
