@@ -186,9 +186,9 @@ impl Metrics {
                 "cache_disk_lost_blocks_total",
                 "Blocks the disk tier held and lost, by how: let_go (unread when the log's tail came, let go by \
                  the second chance; counted when fetched again), evicted (foyer evicted them ahead of the proxy's \
-                 estimate of the tail: counted when their second chance found them gone, or when fetched again \
-                 while still placed), dropped (their last disk write was dropped and they left the memory tier \
-                 before it was repaired; counted when fetched again)",
+                 estimate of the tail: their second chance found them gone, or they were still placed in the \
+                 proxy's order; counted when fetched again), dropped (their last disk write was dropped and \
+                 they left the memory tier before it was repaired; counted when fetched again)",
                 &["how"],
             )?,
             cache_disk_rewritten_blocks: counter(
