@@ -411,15 +411,17 @@ impl DiskRefresh {
     /// is placed at the head of the order; the caller writes it.
     pub fn admit(&self, key: &BlockKey, hash: u64, bytes: usize) -> Admission {
         let mut order = self.order.lock();
-        let decision = if self.has_room() {
-            Admission::FreeSpace
-        } else if let Some(p) = order.places.get(&hash) {
-            // Placed in the order and fetched again: lost, not new.
+        // Placed in the order and fetched again: lost, not new (also while the log has room: a dropped write).
+        let placed = order.places.get(&hash).map(|p| {
             if p.dropped() {
                 self.metrics.lost_dropped.inc();
             } else {
                 self.metrics.lost_evicted.inc();
             }
+        });
+        let decision = if self.has_room() {
+            Admission::FreeSpace
+        } else if placed.is_some() {
             Admission::ReadBefore {
                 second_fetch: false,
             }
@@ -854,6 +856,11 @@ mod tests {
         r.forget(h(348));
         assert!(admit(&r, 348).to_disk());
         assert_eq!(lost(&r), [1, 2, 1]);
+        // Also while the log has room (a warm-up's dropped write).
+        r.set_room(true);
+        r.forget(h(347));
+        assert_eq!(admit(&r, 347), Admission::FreeSpace);
+        assert_eq!(lost(&r), [1, 2, 2]);
     }
 
     #[test]

@@ -186,8 +186,12 @@ impl WriteCheck {
                     self.retries.inc();
                     true
                 }
-                // Gone from memory too: its next read is a miss and fetches it again.
-                None => false,
+                // Gone from memory too: its place in the order is void, and its next read is a miss that
+                // fetches it again (counted as a lost block, `dropped`).
+                None => {
+                    refresh.forget(w.hash);
+                    false
+                }
             });
             if round.is_empty() {
                 continue;
