@@ -1075,6 +1075,15 @@ mod tests {
         true
     }
 
+    /// A lookup's body read: a block never read before, one in `twice_one_in` read again at once.
+    fn cold_read(r: &DiskRefresh, log: &mut Log, cold: &mut u64, twice_one_in: u64) {
+        *cold += 1;
+        read(r, log, *cold);
+        if cold.is_multiple_of(twice_one_in) {
+            read(r, log, *cold);
+        }
+    }
+
     /// Replays a farm on the policy and a log: a hot set of `fill` tenths of what the log holds, read once per
     /// round (each plot's index at each of its lookups) in a different order each round, among cold reads
     /// (lookups' body reads, one in 32 read twice), with the upkeep every 64 reads. The first round is the
@@ -1101,11 +1110,7 @@ mod tests {
                     }
                 }
                 if n % 8 == 0 {
-                    cold += 1;
-                    read(&r, &mut log, cold);
-                    if cold.is_multiple_of(32) {
-                        read(&r, &mut log, cold);
-                    }
+                    cold_read(&r, &mut log, &mut cold, 32);
                 }
                 reads += 1;
                 if second_chance && reads.is_multiple_of(64) {
@@ -1174,11 +1179,7 @@ mod tests {
                         *lost += 1;
                     }
                     if n % 14 == 0 {
-                        cold += 1;
-                        read(&r, &mut log, cold);
-                        if cold.is_multiple_of(64) {
-                            read(&r, &mut log, cold);
-                        }
+                        cold_read(&r, &mut log, &mut cold, 64);
                     }
                     reads += 1;
                     if reads.is_multiple_of(64) {
