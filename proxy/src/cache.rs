@@ -254,7 +254,7 @@ impl FoyerCache {
         Self::open_with(
             settings,
             metrics,
-            WriteQueue::for_memory(settings.memory_bytes),
+            WriteQueue::for_memory(settings.memory_bytes).with_disk(settings.disk_bytes),
             writes::CHECK_EVERY,
         )
         .await
@@ -303,6 +303,7 @@ impl FoyerCache {
                     settings.disk_bytes,
                     settings.block_size,
                     region,
+                    queue.flushers,
                     RefreshMetrics::from_metrics(&metrics),
                 ));
                 // A disk tier recovered full declines first fetches from the start.

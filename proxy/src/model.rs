@@ -142,7 +142,7 @@ fn model_disk_refresh_rewrites_an_old_block_once() {
         || {
             let metrics = RefreshMetrics::detached();
             let blocks = metrics.rewritten_blocks.clone();
-            let r = Arc::new(DiskRefresh::new(DISK, BLOCK, BLOCK, metrics));
+            let r = Arc::new(DiskRefresh::new(DISK, BLOCK, BLOCK, 2, metrics));
             // Earn tokens. Block 1 was never placed (as one recovered after a crash).
             for h in 0..(DISK / BLOCK) as u64 {
                 r.admit(&key(1000 + h), (1 << 50) | h, BLOCK);

@@ -282,21 +282,28 @@ pub struct DiskRefresh {
 }
 
 impl DiskRefresh {
-    /// `disk_bytes`/`block_size`: the disk tier; `region`: foyer's eviction unit.
+    /// `disk_bytes`/`block_size`: the disk tier; `region`: foyer's eviction unit; `flushers`: foyer's region
+    /// writers (each holds a region open).
     pub fn new(
         disk_bytes: usize,
         block_size: usize,
         region: usize,
+        flushers: usize,
         metrics: RefreshMetrics,
     ) -> Self {
         let ghost = ghost_slots(disk_bytes, block_size);
         let region = region.max(1) as u64;
-        // What holds old blocks: foyer keeps a region clean ahead of need and fills one per flusher (two).
-        let capacity = (disk_bytes as u64 / region).saturating_sub(3).max(1) * region;
+        // What holds old blocks: foyer keeps a region clean ahead of need and fills one per flusher.
+        let flushers = flushers.max(1) as u64;
+        let capacity = (disk_bytes as u64 / region)
+            .saturating_sub(1 + flushers)
+            .max(1)
+            * region;
         let order_cap = order_capacity(disk_bytes, block_size);
-        // Two regions (a region is evicted whole, and the flushers fill two at once), or a sixteenth of the disk,
-        // whichever is more: what the estimate of positions may be off by, and what the upkeep may be late by.
-        let margin = (capacity / 16).max(2 * region).min(capacity / 2);
+        // A region per flusher (a region is evicted whole, and the flushers fill theirs at once), or a sixteenth
+        // of the disk, whichever is more: what the estimate of positions may be off by, and what the upkeep may
+        // be late by.
+        let margin = (capacity / 16).max(flushers * region).min(capacity / 2);
         Self {
             order: Mutex::new(Order {
                 entries: VecDeque::with_capacity(order_cap),
@@ -764,6 +771,7 @@ mod tests {
             disk_blocks * BLOCK,
             BLOCK,
             BLOCK,
+            2,
             RefreshMetrics::detached(),
         )
     }
