@@ -41,8 +41,9 @@ const MAX_PENDING: usize = 1 << 17;
 
 /// foyer's region writers for a disk tier of at least [`MANY_FLUSHERS_FROM`]. A flusher's buffer fills while
 /// its previous write waits for a core, and foyer drops what does not fit: measured on a loaded 2-core machine
-/// (farm-v2 warm-up, 7 GB of indexes in 29 s, the same 32 MiB of buffers in all), 2 flushers dropped 8,904
-/// writes and 4 dropped 132. Each holds a region open, so the log keeps `1 + flushers` regions out of use:
+/// (farm-v2 warm-up, 7 GB of indexes in 28 s, the same 32 MiB of buffers in all), 2 flushers dropped 8,904
+/// writes, 4 dropped 132 in one run and 0 in the next. Each holds a region open, so the log keeps
+/// `1 + flushers` regions out of use:
 /// smaller disk tiers (16 regions and up) keep 2.
 pub const FLUSHERS: usize = 4;
 /// The disk tier from which [`FLUSHERS`] write it (64 regions of 16 MiB).
