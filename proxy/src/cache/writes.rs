@@ -8,7 +8,9 @@
 //! for foyer's flushers to write what was queued before it ([`foyer::Store::wait`]), then asks the disk index
 //! whether each new block is there. A missing one is enqueued again from the memory tier (where a block fetched
 //! a moment ago still is), in batches no larger than the queue's threshold, so the retry does not overflow the
-//! queue itself; after [`MAX_ATTEMPTS`] it is left to `refresh`, which rewrites it at its next read.
+//! queue itself; after [`MAX_ATTEMPTS`] it is left to `refresh`, which rewrites it at its next read. One already
+//! gone from the memory tier cannot be written: its place in `refresh`'s order is voided, and its next read
+//! fetches it again (a lost block, `dropped`).
 //!
 //! A rewrite (`refresh`) of a block already on disk cannot be checked that way (its old copy is still indexed),
 //! so when foyer's drop count grew by more than the missing new blocks explain, the round's rewrites are marked
