@@ -919,6 +919,45 @@ mod tests {
         assert!(second.memory().contains(&key(1)));
     }
 
+    /// A lookup that reaches the disk tier while the runtime shuts down (the process exiting, a test's runtime
+    /// dropped with the proxy still serving) returns instead of hanging the thread. foyer-memory 0.22.6 spawned
+    /// its fetch while holding the in-flight lock, and a closed runtime drops the new task at once, whose drop
+    /// takes that lock again (third_party/README.md): CI hung 80 minutes in such a runtime shutdown.
+    #[test]
+    fn a_lookup_while_the_runtime_shuts_down_returns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = CacheSettings {
+            memory_bytes: 1 << 20,
+            disk_bytes: 16 << 20,
+            disk_dir: dir.path().to_path_buf(),
+            block_size: 4096,
+            eviction: Eviction::default(),
+            on_disk_error: OnDiskError::Fail,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
+        let cache = rt
+            .block_on(FoyerCache::open(&settings, metrics))
+            .expect("open");
+        let handle = rt.handle().clone();
+        // Closed: from now on a task spawned on it is cancelled, and dropped, inside `spawn`.
+        rt.shutdown_background();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let got = handle.block_on(cache.get(&key(9), 4096));
+            let _ = done.send(got.is_some());
+        });
+        // Generous for a loaded machine: the lookup itself takes microseconds; a deadlock never ends.
+        match finished.recv_timeout(Duration::from_secs(60)) {
+            Ok(found) => assert!(!found, "a block never inserted was found"),
+            Err(_) => panic!("a disk-tier lookup on a closed runtime deadlocked"),
+        }
+    }
+
     #[tokio::test]
     async fn memory_and_disk_tiers_persist_across_close() {
         let dir = tempfile::tempdir().expect("tempdir");
