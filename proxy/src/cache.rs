@@ -919,6 +919,18 @@ mod tests {
         assert!(second.memory().contains(&key(1)));
     }
 
+    /// 1 MiB of memory over 16 MiB of disk in `dir`, 4 KiB blocks: a disk tier a test fills in microseconds.
+    fn tiny_disk(dir: &std::path::Path) -> CacheSettings {
+        CacheSettings {
+            memory_bytes: 1 << 20,
+            disk_bytes: 16 << 20,
+            disk_dir: dir.to_path_buf(),
+            block_size: 4096,
+            eviction: Eviction::default(),
+            on_disk_error: OnDiskError::Fail,
+        }
+    }
+
     /// A lookup that reaches the disk tier while the runtime shuts down (the process exiting, a test's runtime
     /// dropped with the proxy still serving) returns instead of hanging the thread. foyer-memory 0.22.6 spawned
     /// its fetch while holding the in-flight lock, and a closed runtime drops the new task at once, whose drop
@@ -926,14 +938,7 @@ mod tests {
     #[test]
     fn a_lookup_while_the_runtime_shuts_down_returns() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let settings = CacheSettings {
-            memory_bytes: 1 << 20,
-            disk_bytes: 16 << 20,
-            disk_dir: dir.path().to_path_buf(),
-            block_size: 4096,
-            eviction: Eviction::default(),
-            on_disk_error: OnDiskError::Fail,
-        };
+        let settings = tiny_disk(dir.path());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -961,14 +966,7 @@ mod tests {
     #[tokio::test]
     async fn memory_and_disk_tiers_persist_across_close() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let settings = CacheSettings {
-            memory_bytes: 1 << 20,
-            disk_bytes: 16 << 20,
-            disk_dir: dir.path().to_path_buf(),
-            block_size: 4096,
-            eviction: Eviction::default(),
-            on_disk_error: OnDiskError::Fail,
-        };
+        let settings = tiny_disk(dir.path());
         let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
         let cache = FoyerCache::open(&settings, metrics.clone())
             .await
