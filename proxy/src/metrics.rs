@@ -205,8 +205,9 @@ impl Metrics {
             cache_disk_dropped_writes: counter(
                 &r,
                 "cache_disk_dropped_writes_total",
-                "Block writes the disk tier dropped because its write queue was full (foyer's own count); a \
-                 dropped new block is written again (b2proxy_cache_disk_write_retries_total)",
+                "Block writes the disk tier dropped because its write queue was full (the proxy's write feed's \
+                 drops plus foyer's own count); a dropped new block is written again \
+                 (b2proxy_cache_disk_write_retries_total)",
             )?,
             cache_disk_write_retries: counter(
                 &r,

@@ -1,31 +1,43 @@
-//! Makes sure the blocks sent to the disk tier reach it: foyer's write queue is sized for the fetch rate, and a
-//! write it drops anyway is counted and written again.
+//! Makes sure the blocks sent to the disk tier reach it: the proxy hands them to foyer's flushers no faster than
+//! their buffers take them, and a write dropped anyway is counted and written again.
 //!
 //! foyer's block engine drops a disk write, without telling its caller, when the bytes waiting for its flushers
-//! exceed a threshold (`channel_overflow`) or a flusher's buffer is full (`buffer_overflow`). A dropped index
-//! block is fetched again at its next read after it leaves the memory tier, and `refresh` (which assumes writes
-//! happen) cannot help. So every block sent to the disk tier is noted here; every [`CHECK_EVERY`] a check waits
-//! for foyer's flushers to write what was queued before it ([`foyer::Store::wait`]), then asks the disk index
-//! whether each new block is there. A missing one is enqueued again from the memory tier (where a block fetched
-//! a moment ago still is), in batches no larger than the queue's threshold, so the retry does not overflow the
-//! queue itself; after [`MAX_ATTEMPTS`] it is left to `refresh`, which rewrites it at its next read. One already
-//! gone from the memory tier cannot be written: its place in `refresh`'s order is voided, and its next read
-//! fetches it again (a lost block, `dropped`).
+//! exceed a threshold (`channel_overflow`) or a flusher's buffer is full (`buffer_overflow`). The second is the
+//! one that happens: a flusher moves everything queued for it into its buffer (a `buffer_pool / flushers` slice)
+//! while its previous write is in flight, so when a flusher waits for a core on a loaded machine, what arrived
+//! meanwhile past that slice is dropped, whatever the queue threshold (measured: 14,269 of 115,000 blocks in a
+//! farm-v2 warm-up with 4 flushers of 8 MiB and a 128 MiB threshold). A dropped index block is fetched again at
+//! its next read after it leaves the memory tier, and `refresh` (which assumes writes happen) cannot help.
+//!
+//! **The feed.** So blocks are not enqueued in foyer as they are fetched: they wait in the proxy's own queue,
+//! bounded by the threshold ([`WriteQueue::queue_threshold`], disk bytes), and one task hands them to foyer a
+//! window at a time ([`WriteQueue::window`]: half the flush buffers, so each flusher gets about an eighth of its
+//! buffer's worth with 4 of them and a burst of hashes to one flusher still fits), then waits until foyer's
+//! flushers wrote it ([`foyer::Store::wait`]) before the next. The queue holds the cache entries (the bytes are
+//! the memory tier's, shared), so a block evicted from memory before its turn is still written. Past the bound,
+//! a new block is dropped here instead (counted with foyer's drops) and repaired as below.
+//!
+//! **The check.** Every block handed to foyer is noted; every [`CHECK_EVERY`] a check waits for the flushers,
+//! then asks the disk index whether each new block is there. A missing one is sent again from the memory tier
+//! (where a block fetched a moment ago still is) through the feed; after [`MAX_ATTEMPTS`] it is left to
+//! `refresh`, which rewrites it at its next read. One already gone from the memory tier cannot be written: its
+//! place in `refresh`'s order is voided, and its next read fetches it again (a lost block, `dropped`).
 //!
 //! A rewrite (`refresh`) of a block already on disk cannot be checked that way (its old copy is still indexed),
 //! so when foyer's drop count grew by more than the missing new blocks explain, the round's rewrites are marked
-//! as not rewritten and the next read of each tries again.
+//! as not rewritten and the next read of each tries again; a rewrite dropped by the feed is marked at once.
 //!
-//! The count in `b2proxy_cache_disk_dropped_writes_total` is foyer's own (`foyer_storage_inner_op_total` with
-//! `op` = `channel_overflow` or `buffer_overflow`), so it equals reality by construction; this module only copies
-//! it next to the proxy's metrics and acts on it.
+//! `b2proxy_cache_disk_dropped_writes_total` is foyer's own count (`foyer_storage_inner_op_total` with `op` =
+//! `channel_overflow` or `buffer_overflow`) plus the feed's drops, so it equals reality by construction.
 //!
-//! Bounded: the pending list holds at most [`MAX_PENDING`] keys (about 10 MB); past that a block is not checked
-//! (counted in the debug log; its drop, if any, is still counted by foyer's counter and repaired by `refresh`).
+//! Bounded: the feed holds at most `queue_threshold` disk bytes of blocks; the pending list at most
+//! [`MAX_PENDING`] keys (about 10 MB); past that a block is not checked (counted in the debug log; its drop, if
+//! any, is still counted by foyer's counter and repaired by `refresh`).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use foyer::HybridCache;
+use foyer::{HybridCache, HybridCacheEntry};
 use prometheus::IntCounter;
 
 use super::refresh::DiskRefresh;
@@ -58,8 +70,15 @@ pub struct WriteQueue {
     pub flushers: usize,
     /// Flush buffers, over all flushers (each has two of `buffer_pool / flushers`: one filling, one writing).
     pub buffer_pool: usize,
-    /// Bytes waiting for the flushers past which foyer drops new writes.
+    /// Disk bytes waiting for the flushers past which new writes are dropped (the proxy's feed, and foyer's).
     pub queue_threshold: usize,
+}
+
+impl WriteQueue {
+    /// Disk bytes handed to foyer's flushers at once: half their buffers, at least one block.
+    pub fn window(&self) -> usize {
+        (self.buffer_pool / 2).max(1)
+    }
 }
 
 impl WriteQueue {
@@ -111,8 +130,30 @@ struct Pending {
     attempts: u8,
 }
 
-/// The blocks sent to the disk tier and not yet checked.
+/// A block waiting in the feed for its turn to be handed to foyer.
+struct Queued {
+    entry: HybridCacheEntry<BlockKey, Block>,
+    kind: Sent,
+    attempts: u8,
+    disk_bytes: usize,
+}
+
+#[derive(Default)]
+struct Feed {
+    queue: VecDeque<Queued>,
+    /// Disk bytes queued.
+    bytes: usize,
+}
+
+/// Disk bytes foyer spends on an entry: its value, key and header, in whole 4 KiB pages.
+fn disk_bytes(key: &BlockKey, len: usize) -> usize {
+    (len + key.file.len() + 96).next_multiple_of(4096)
+}
+
+/// The blocks on their way to the disk tier: the feed, and those handed to foyer and not yet checked.
 pub struct WriteCheck {
+    feed: Mutex<Feed>,
+    fed: tokio::sync::Notify,
     pending: Mutex<Vec<Pending>>,
     registry: prometheus::Registry,
     /// foyer's drop count at the last check.
@@ -130,6 +171,8 @@ impl WriteCheck {
         queue: WriteQueue,
     ) -> Self {
         Self {
+            feed: Mutex::new(Feed::default()),
+            fed: tokio::sync::Notify::new(),
             pending: Mutex::new(Vec::new()),
             seen_drops: Mutex::new(foyer_drops(&registry)),
             registry,
@@ -144,24 +187,132 @@ impl WriteCheck {
         &self.registry
     }
 
-    /// A block was handed to foyer's disk tier.
-    pub fn sent(&self, key: BlockKey, hash: u64, len: usize, kind: Sent) {
+    /// Sends a block (a memory-tier entry that is not one just loaded from disk: foyer skips those) to the disk
+    /// tier: it waits in the feed for [`WriteCheck::feed`]. Its place in `refresh`'s order must be taken first:
+    /// if the feed is full, the write is dropped here, a new block is left to the check (written again from
+    /// memory) and a rewrite's place is voided.
+    pub fn send(
+        &self,
+        entry: HybridCacheEntry<BlockKey, Block>,
+        kind: Sent,
+        refresh: &DiskRefresh,
+    ) {
+        self.enqueue(entry, kind, 1, refresh);
+    }
+
+    fn enqueue(
+        &self,
+        entry: HybridCacheEntry<BlockKey, Block>,
+        kind: Sent,
+        attempts: u8,
+        refresh: &DiskRefresh,
+    ) {
+        let Err(entry) = self.push(entry, kind, attempts) else {
+            return;
+        };
+        self.dropped.inc();
+        match kind {
+            Sent::New => self.note(&entry, kind, attempts),
+            Sent::Rewrite => refresh.forget(entry.hash()),
+        }
+    }
+
+    /// Queues a block in the feed if it has room (one block always fits, so a block larger than the bound is
+    /// not refused for good); gives it back if not.
+    fn push(
+        &self,
+        entry: HybridCacheEntry<BlockKey, Block>,
+        kind: Sent,
+        attempts: u8,
+    ) -> Result<(), HybridCacheEntry<BlockKey, Block>> {
+        let size = disk_bytes(entry.key(), entry.value().0.len());
+        let mut feed = self.feed.lock();
+        if feed.bytes != 0 && feed.bytes + size > self.queue.queue_threshold {
+            return Err(entry);
+        }
+        feed.bytes += size;
+        feed.queue.push_back(Queued {
+            entry,
+            kind,
+            attempts,
+            disk_bytes: size,
+        });
+        drop(feed);
+        self.fed.notify_one();
+        Ok(())
+    }
+
+    /// Disk bytes waiting in the feed.
+    pub fn queued_bytes(&self) -> usize {
+        self.feed.lock().bytes
+    }
+
+    /// The feed's next window: at least one block, at most [`WriteQueue::window`] disk bytes.
+    fn next_window(&self) -> Vec<Queued> {
+        let mut feed = self.feed.lock();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(q) = feed.queue.front() {
+            if !out.is_empty() && bytes + q.disk_bytes > self.queue.window() {
+                break;
+            }
+            bytes += q.disk_bytes;
+            if let Some(q) = feed.queue.pop_front() {
+                out.push(q);
+            }
+        }
+        feed.bytes -= bytes;
+        out
+    }
+
+    /// Hands one window to foyer and waits for its flushers to write it; false if the feed was empty.
+    async fn feed_window(&self, cache: &HybridCache<BlockKey, Block>) -> bool {
+        let window = self.next_window();
+        if window.is_empty() {
+            return false;
+        }
+        for q in window {
+            cache.storage().enqueue(q.entry.piece(), false);
+            self.note(&q.entry, q.kind, q.attempts);
+        }
+        self.flushed(cache).await;
+        true
+    }
+
+    /// Feeds foyer from the queue for as long as the cache lives (its own task).
+    pub async fn feed(&self, cache: &HybridCache<BlockKey, Block>) {
+        loop {
+            if !self.feed_window(cache).await {
+                // A send since the last window left a permit: no wake-up is missed.
+                self.fed.notified().await;
+            }
+        }
+    }
+
+    /// Hands everything queued to foyer, a window at a time (at a clean shutdown, before foyer closes).
+    pub async fn drain(&self, cache: &HybridCache<BlockKey, Block>) {
+        while self.feed_window(cache).await {}
+    }
+
+    /// A block was handed to foyer's disk tier: checked at the next round.
+    fn note(&self, entry: &HybridCacheEntry<BlockKey, Block>, kind: Sent, attempts: u8) {
         let mut p = self.pending.lock();
         if p.len() >= MAX_PENDING {
-            tracing::debug!(file = %key.file, block = key.index, "disk write check queue full");
+            tracing::debug!(file = %entry.key().file, block = entry.key().index, "disk write check queue full");
             return;
         }
         p.push(Pending {
-            key,
-            hash,
-            len,
+            key: entry.key().clone(),
+            hash: entry.hash(),
+            len: entry.value().0.len(),
             kind,
-            attempts: 1,
+            attempts,
         });
     }
 
-    /// One check: waits for the flushers, counts foyer's drops, writes missing new blocks again (until they are
-    /// on disk or out of attempts) and marks the round's rewrites for another try if some of them were dropped.
+    /// One check: waits for the flushers, counts foyer's drops, sends missing new blocks again through the feed
+    /// (until they are on disk or out of attempts) and marks the round's rewrites for another try if some of
+    /// them were dropped.
     pub async fn check(&self, cache: &HybridCache<BlockKey, Block>, refresh: &DiskRefresh) {
         let batch = std::mem::take(&mut *self.pending.lock());
         if batch.is_empty() {
@@ -174,7 +325,7 @@ impl WriteCheck {
             p.extend(batch.into_iter().take(room));
             return;
         }
-        let (mut missing, rewrites): (Vec<Pending>, Vec<Pending>) = batch
+        let (missing, rewrites): (Vec<Pending>, Vec<Pending>) = batch
             .into_iter()
             .filter(|w| w.kind == Sent::Rewrite || !cache.storage().may_contains(&w.key))
             .partition(|w| w.kind == Sent::New);
@@ -184,54 +335,36 @@ impl WriteCheck {
                 refresh.forget(w.hash);
             }
         }
-        while !missing.is_empty() {
-            missing.retain(|w| {
-                if w.attempts < MAX_ATTEMPTS {
-                    return true;
-                }
+        for w in missing {
+            if w.attempts >= MAX_ATTEMPTS {
                 tracing::debug!(file = %w.key.file, block = w.key.index,
                     "disk write dropped {MAX_ATTEMPTS} times; left for its next read to write");
                 refresh.forget(w.hash);
-                false
-            });
-            // No more than the queue holds, so the retries are not dropped for the same reason.
-            let mut bytes = 0;
-            let take = missing
-                .iter()
-                .take_while(|w| {
-                    bytes += w.len;
-                    bytes <= self.queue.queue_threshold.max(w.len)
-                })
-                .count()
-                .max(1)
-                .min(missing.len());
-            let mut round: Vec<Pending> = missing.drain(..take).collect();
-            round.retain(|w| match cache.memory().get(&w.key) {
-                Some(entry) => {
-                    cache.storage().enqueue(entry.piece(), false);
-                    self.retries.inc();
-                    true
+                continue;
+            }
+            match cache.memory().get(&w.key) {
+                Some(entry) if entry.value().0.len() == w.len => {
+                    // Sent again only as the feed has room (a retry is not dropped again): the rest wait for
+                    // the next check, with the same attempts.
+                    match self.push(entry, Sent::New, w.attempts + 1) {
+                        Ok(()) => self.retries.inc(),
+                        Err(_) => self.note_pending(w),
+                    }
                 }
                 // Gone from memory too: its place in the order is void, and its next read is a miss that
                 // fetches it again (counted as a lost block, `dropped`).
-                None => {
-                    refresh.forget(w.hash);
-                    false
-                }
-            });
-            if round.is_empty() {
-                continue;
+                _ => refresh.forget(w.hash),
             }
-            if !self.flushed(cache).await {
-                break;
-            }
-            self.count_drops();
-            for mut w in round {
-                if !cache.storage().may_contains(&w.key) {
-                    w.attempts += 1;
-                    missing.push(w);
-                }
-            }
+        }
+    }
+
+    /// Keeps a block for the next check (bounded as [`WriteCheck::note`]).
+    fn note_pending(&self, w: Pending) {
+        let mut p = self.pending.lock();
+        if p.len() < MAX_PENDING {
+            p.push(w);
+        } else {
+            tracing::debug!(file = %w.key.file, block = w.key.index, "disk write check queue full");
         }
     }
 
